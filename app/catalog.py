@@ -1,0 +1,153 @@
+"""The model catalog: what clients may call, its license, and its price band.
+
+Prices are integer micro-units (millionths of a US dollar) per million tokens.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from sqlalchemy import select
+
+from . import audit
+from .extensions import db
+from .models import CatalogModel, User
+
+MICRO = 1_000_000
+TINY_TEST_MODEL = "gpushare/tiny-chat"
+DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+EDITABLE_FIELDS = (
+    "display_name", "license_name", "license_url", "attribution", "context_length", "min_vram_mib",
+    "reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
+    "ceiling_input_price", "ceiling_output_price", "input_price", "output_price", "enabled",
+)
+
+
+class CatalogError(ValueError):
+    """A catalog change that cannot be made; the message is for the admin."""
+
+
+def usd(amount: str) -> int:
+    """``"0.15"`` -> 150000 micro-units. Refuses negatives and sub-micro precision."""
+    try:
+        value = Decimal(str(amount).strip().lstrip("$"))
+    except InvalidOperation:
+        raise CatalogError(f"{amount!r} is not an amount in dollars, such as 0.15") from None
+    if not value.is_finite() or value < 0:
+        raise CatalogError(f"{amount!r} must be zero or more")
+    micro = value * MICRO
+    if micro != micro.to_integral_value():
+        raise CatalogError(f"{amount!r} has more than six decimal places")
+    return int(micro)
+
+
+def format_usd(micro: int | None) -> str:
+    """150000 -> ``"$0.15"``; keeps up to six decimals, at least two."""
+    if micro is None:
+        return ""
+    text = f"{Decimal(micro) / MICRO:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
+
+
+def _model(hf_id, display_name, license_name, license_url, attribution, context_length, min_vram_mib,
+           reference, ceiling, floor, price):
+    return dict(hf_id=hf_id, display_name=display_name, license_name=license_name, license_url=license_url,
+                attribution=attribution, context_length=context_length, min_vram_mib=min_vram_mib,
+                reference_input_price=usd(reference[0]), reference_output_price=usd(reference[1]),
+                ceiling_input_price=usd(ceiling[0]), ceiling_output_price=usd(ceiling[1]),
+                floor_input_price=usd(floor[0]), floor_output_price=usd(floor[1]),
+                input_price=usd(price[0]), output_price=usd(price[1]))
+
+
+LLAMA_LICENSE = "https://github.com/meta-llama/llama-models/blob/main/models/llama3_1/LICENSE"
+APACHE = ("Apache-2.0", "https://www.apache.org/licenses/LICENSE-2.0")
+# Reference prices are the closed models each one competes with (per million input/output tokens).
+SMALL_REFERENCE = ("0.15", "0.60")
+LARGE_REFERENCE = ("2.50", "10.00")
+
+SEED_MODELS = [
+    _model("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", "Llama 3.1 Community License",
+           LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
+           "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 18432,
+           SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.05", "0.08")),
+    _model("meta-llama/Llama-3.1-70B-Instruct", "Llama 3.1 70B Instruct", "Llama 3.1 Community License",
+           LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
+           "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 147456,
+           LARGE_REFERENCE, ("1.00", "2.00"), ("0.25", "0.35"), ("0.52", "0.75")),
+    _model("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct", *APACHE,
+           "Mistral 7B Instruct v0.3 by Mistral AI.", 32768, 16384,
+           SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.06")),
+    _model("mistralai/Mixtral-8x7B-Instruct-v0.1", "Mixtral 8x7B Instruct", *APACHE,
+           "Mixtral 8x7B Instruct v0.1 by Mistral AI.", 32768, 98304,
+           LARGE_REFERENCE, ("0.60", "0.90"), ("0.15", "0.20"), ("0.30", "0.45")),
+    _model("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", *APACHE,
+           "Qwen2.5 7B Instruct by the Qwen team, Alibaba Cloud.", 32768, 18432,
+           SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.08")),
+    _model("google/gemma-2-9b-it", "Gemma 2 9B it", "Gemma Terms of Use", "https://ai.google.dev/gemma/terms",
+           "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.",
+           8192, 20480, SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.06", "0.09")),
+    _model(DEMO_MODEL, "SmolLM2 135M Instruct", *APACHE,
+           "SmolLM2 by Hugging Face. Small enough to serve on a CPU.", 8192, 0,
+           SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
+    _model(TINY_TEST_MODEL, "gpushare tiny chat (test)", *APACHE,
+           "A tiny randomly initialised model built by gpushare's test suite; its output is noise.",
+           2048, 0, SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
+]
+
+
+def seed() -> int:
+    """Add the seed models that are missing; never overwrites an admin's edits. Returns how many were added."""
+    existing = set(db.session.scalars(select(CatalogModel.hf_id)))
+    added = [CatalogModel(**row) for row in SEED_MODELS if row["hf_id"] not in existing]
+    db.session.add_all(added)
+    db.session.commit()
+    return len(added)
+
+
+def public_models() -> list[CatalogModel]:
+    return list(db.session.scalars(select(CatalogModel).where(CatalogModel.enabled).order_by(CatalogModel.id)))
+
+
+def all_models() -> list[CatalogModel]:
+    return list(db.session.scalars(select(CatalogModel).order_by(CatalogModel.id)))
+
+
+def get_model(model_id: int) -> CatalogModel:
+    return db.get_or_404(CatalogModel, model_id)
+
+
+def check_bands(values: dict) -> None:
+    """The price rules the database also enforces, said in words an admin can act on."""
+    for side in ("input", "output"):
+        floor, ceiling = values[f"floor_{side}_price"], values[f"ceiling_{side}_price"]
+        reference, price = values[f"reference_{side}_price"], values[f"{side}_price"]
+        if not floor <= ceiling:
+            raise CatalogError(f"The {side} floor must not be above the {side} ceiling.")
+        if not ceiling < reference:
+            raise CatalogError(f"The {side} ceiling must be below the closed-model reference price.")
+        if not floor <= price <= ceiling:
+            raise CatalogError(f"The current {side} price must lie between the floor and the ceiling.")
+
+
+def save_model(admin: User, model: CatalogModel | None, values: dict) -> CatalogModel:
+    """Create (``model`` None, ``values`` has ``hf_id``) or update a catalog model, audited, and commit."""
+    check_bands(values)
+    if model is None:
+        hf_id = values["hf_id"].strip()
+        if db.session.scalar(select(CatalogModel.id).where(CatalogModel.hf_id == hf_id)):
+            raise CatalogError(f"{hf_id} is already in the catalog.")
+        model = CatalogModel(hf_id=hf_id)
+        db.session.add(model)
+        action, changes = "model.create", {field: values[field] for field in EDITABLE_FIELDS}
+    else:
+        action = "model.update"
+        changes = {field: [getattr(model, field), values[field]] for field in EDITABLE_FIELDS
+                   if getattr(model, field) != values[field]}
+    for field in EDITABLE_FIELDS:
+        setattr(model, field, values[field])
+    db.session.flush()
+    if changes:
+        audit.record(admin, action, "model", model.id, hf_id=model.hf_id, changes=changes)
+    db.session.commit()
+    return model

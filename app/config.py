@@ -1,0 +1,140 @@
+"""Configuration read from the environment through typed parsers.
+
+Every setting comes from an environment variable (secrets may come from
+``NAME_FILE`` instead). A bad value raises :class:`ConfigError` with a
+one-line reason, and production refuses to boot without a real secret and
+real database and Redis URLs.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Mapping
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+ENVIRONMENTS = {"development", "production", "test"}
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line for the operator."""
+
+
+def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = env.get(name)
+    return default if value is None or value == "" else value
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}")
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int | None = None,
+            maximum: int | None = None) -> int:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {number}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, not {number}")
+    return number
+
+
+def env_secret(env: Mapping[str, str], name: str) -> str | None:
+    """``NAME`` itself, or the stripped contents of the file named by ``NAME_FILE``."""
+    value = env.get(name)
+    path = env.get(f"{name}_FILE")
+    if value and path:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE {path!r} cannot be read: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{name}_FILE {path!r} is empty")
+    return value or None
+
+
+def normalise_database_url(url: str) -> str:
+    """SQLAlchemy needs the driver named; operators write plain ``postgresql://``."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith("postgresql+psycopg://"):
+        return url
+    raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """A per-installation secret kept in the data directory, so sessions survive restarts."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def load_config(env: Mapping[str, str] | None = None) -> dict:
+    """Build the Flask config mapping from ``env`` (``os.environ`` by default)."""
+    env = os.environ if env is None else env
+    environment = env_str(env, "GPUSHARE_ENV", "development")
+    if environment not in ENVIRONMENTS:
+        raise ConfigError(f"GPUSHARE_ENV must be one of {', '.join(sorted(ENVIRONMENTS))}, not {environment!r}")
+    production = environment == "production"
+    data_dir = Path(env_str(env, "GPUSHARE_DATA_DIR", "instance")).resolve()
+
+    database_url = env_str(env, "DATABASE_URL")
+    redis_url = env_str(env, "REDIS_URL")
+    secret_key = env_secret(env, "SECRET_KEY")
+
+    if production:
+        if not secret_key:
+            raise ConfigError("SECRET_KEY (or SECRET_KEY_FILE) must be set in production")
+        if len(secret_key) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"SECRET_KEY must be at least {MIN_SECRET_LENGTH} characters in production")
+        if not database_url:
+            raise ConfigError("DATABASE_URL must point at a real PostgreSQL server in production")
+        if not redis_url:
+            raise ConfigError("REDIS_URL must point at a real Redis server in production")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
+    return {
+        "GPUSHARE_ENV": environment,
+        "GPUSHARE_DATA_DIR": str(data_dir),
+        "SECRET_KEY": secret_key or _dev_secret(data_dir),
+        "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url) if database_url else None,
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_pre_ping": True,
+            "pool_size": env_int(env, "DATABASE_POOL_SIZE", 5, minimum=1, maximum=100),
+        },
+        "REDIS_URL": redis_url,
+        "SESSION_COOKIE_SECURE": env_bool(env, "SESSION_COOKIE_SECURE", production),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": env_bool(env, "SESSION_COOKIE_SECURE", production),
+        "WTF_CSRF_TIME_LIMIT": None,
+        "PREFERRED_URL_SCHEME": "https" if production else "http",
+        "PUBLIC_URL": env_str(env, "GPUSHARE_PUBLIC_URL", "http://127.0.0.1:8000"),
+        "INVITE_TTL_HOURS": env_int(env, "INVITE_TTL_HOURS", 72, minimum=1, maximum=24 * 90),
+        "API_KEY_CACHE_SECONDS": env_int(env, "API_KEY_CACHE_SECONDS", 60, minimum=1, maximum=3600),
+        "MAX_CONTENT_LENGTH": env_int(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
+    }

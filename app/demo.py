@@ -1,0 +1,72 @@
+"""The demo accounts ``make run`` creates, and the ``demo.env`` file that hands them over."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import accounts, api_keys
+from .extensions import db
+
+DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
+DEMO_CLIENT_EMAIL = "demo@gpushare.localhost"
+DEMO_KEY_NAME = "demo"
+
+
+@dataclass
+class Demo:
+    base_url: str
+    api_key: str
+    admin_email: str
+    admin_password: str
+    client_email: str
+    client_password: str
+
+    def env_lines(self) -> list[str]:
+        return [
+            f"OPENAI_BASE_URL={self.base_url}",
+            f"OPENAI_API_KEY={self.api_key}",
+            f"GPUSHARE_ADMIN_EMAIL={self.admin_email}",
+            f"GPUSHARE_ADMIN_PASSWORD={self.admin_password}",
+            f"GPUSHARE_DEMO_EMAIL={self.client_email}",
+            f"GPUSHARE_DEMO_PASSWORD={self.client_password}",
+        ]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def _account(email: str, password: str | None, **roles):
+    """The demo account with a password that works: the one from the last run, else a new one."""
+    user = accounts.find_user(email)
+    if user is None:
+        password = secrets.token_urlsafe(12)
+        user = accounts.create_user(email, password, is_admin=roles.get("is_admin", False))
+    elif not password or accounts.authenticate(email, password) is None:
+        password = secrets.token_urlsafe(12)
+        accounts.set_password(user, password)
+    return user, password
+
+
+def ensure_demo(data_dir: Path, base_url: str) -> Demo:
+    """Create or reuse the demo admin, client and API key, and write ``demo.env``."""
+    env_path = data_dir / "demo.env"
+    previous = read_env_file(env_path)
+    _, admin_password = _account(DEMO_ADMIN_EMAIL, previous.get("GPUSHARE_ADMIN_PASSWORD"), is_admin=True)
+    client, client_password = _account(DEMO_CLIENT_EMAIL, previous.get("GPUSHARE_DEMO_PASSWORD"))
+    secret = previous.get("OPENAI_API_KEY", "")
+    if api_keys.authenticate(secret) is None:
+        _, secret = api_keys.create_key(client, DEMO_KEY_NAME)
+    db.session.commit()
+    demo = Demo(base_url=base_url, api_key=secret, admin_email=DEMO_ADMIN_EMAIL, admin_password=admin_password,
+                client_email=DEMO_CLIENT_EMAIL, client_password=client_password)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(demo.env_lines()) + "\n")
+    return demo

@@ -1,0 +1,131 @@
+"""``flask serve``: migrate, seed, and run the whole platform until Ctrl-C.
+
+It supervises the web app (gunicorn with gevent workers, running ``wsgi:app``)
+and stops what it started, embedded servers included, when interrupted.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from . import ROOT, catalog, demo
+
+READY_TIMEOUT_SECONDS = 60
+STOP_TIMEOUT_SECONDS = 30
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _child_env() -> dict[str, str]:
+    """The children share this process's database, Redis and data directory."""
+    env = dict(os.environ)
+    config = current_app.config
+    env["DATABASE_URL"] = config["SQLALCHEMY_DATABASE_URI"]
+    env["REDIS_URL"] = config["REDIS_URL"]
+    env["GPUSHARE_DATA_DIR"] = config["GPUSHARE_DATA_DIR"]
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _gunicorn_command(host: str, port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--worker-class", "gevent", "--workers", str(workers),
+            "--bind", f"{host}:{port}", "--no-control-socket", "--graceful-timeout", "20",
+            "--access-logfile", "-", "--chdir", str(ROOT), "wsgi:app"]
+
+
+def _wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"the web server exited with status {process.returncode}; see the log above")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"the web server did not answer {url} within {READY_TIMEOUT_SECONDS}s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _banner(info: demo.Demo, env_path: Path, public: str) -> str:
+    return "\n".join([
+        "",
+        f"gpushare is running at {public}",
+        f"  admin: {info.admin_email} / {info.admin_password}",
+        f"  demo client: {info.client_email} / {info.client_password}",
+        f"  demo API key: {info.api_key}",
+        f"  written to {env_path}",
+        "",
+        "Try it:",
+        f"  set -a; . {env_path}; set +a",
+        '  curl -s "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY"',
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ])
+
+
+@click.command("serve")
+@click.option("--host", envvar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", envvar="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", envvar="WEB_CONCURRENCY", default=2, show_default=True, type=click.IntRange(1, 64))
+@with_appcontext
+def serve_command(host: str, port: int, workers: int) -> None:
+    """Migrate, seed, and run the platform until Ctrl-C."""
+    from flask_migrate import upgrade
+
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    data_dir = Path(current_app.config["GPUSHARE_DATA_DIR"])
+    public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    children: list[subprocess.Popen] = []
+    try:
+        click.echo("Applying database migrations...")
+        upgrade()
+        click.echo(f"Model catalog: {catalog.seed()} models added.")
+        info = demo.ensure_demo(data_dir, f"{public}/v1")
+        click.echo(f"Starting the web app on {public} ({workers} gevent workers)...")
+        web = subprocess.Popen(_gunicorn_command(host, port, workers), env=_child_env(), cwd=ROOT)
+        children.append(web)
+        _wait_ready(f"{public}/healthz", web)
+        click.echo(_banner(info, data_dir / "demo.env", public))
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        raise click.ClickException("a platform process exited unexpectedly; stopping the rest")
+    except (KeyboardInterrupt, Interrupted):
+        click.echo("\nStopping gpushare...")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand a server
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in reversed(children):
+            _stop(child)
+        services = current_app.extensions.get("embedded")
+        if services is not None:
+            services.stop()
+        click.echo("Stopped.")

@@ -1,0 +1,52 @@
+"""The OpenAI-compatible API under ``/v1``, authenticated by API key."""
+from __future__ import annotations
+
+from flask import Blueprint, g, request
+
+from .. import api_keys, catalog
+from .errors import ApiError, openai_error
+
+bp = Blueprint("proxy", __name__, url_prefix="/v1")
+
+OWNED_BY = "gpushare"
+
+
+@bp.errorhandler(ApiError)
+def handle_api_error(error: ApiError):
+    return openai_error(error.status, error.message, code=error.code, param=error.param, headers=error.headers)
+
+
+@bp.before_request
+def authenticate_key():
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if not header:
+        raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+                       code="missing_api_key")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key")
+    key = api_keys.authenticate(secret.strip())
+    if key is None:
+        # Never echo the key: a client's logs end up in bug reports.
+        raise ApiError(401, "Incorrect API key provided. Create or check your keys on the API keys page.",
+                       code="invalid_api_key")
+    g.api_key = key
+
+
+def _model_object(model) -> dict:
+    return {"id": model.hf_id, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": OWNED_BY}
+
+
+@bp.get("/models")
+def list_models():
+    models = [m for m in catalog.public_models() if g.api_key.allows(m.hf_id)]
+    return {"object": "list", "data": [_model_object(m) for m in models]}
+
+
+@bp.get("/models/<path:model_id>")
+def get_model(model_id: str):
+    for model in catalog.public_models():
+        if model.hf_id == model_id and g.api_key.allows(model_id):
+            return _model_object(model)
+    raise ApiError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
+                   code="model_not_found", param="model")

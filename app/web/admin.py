@@ -1,0 +1,105 @@
+"""Admin pages: the model catalog, host invites, people and the audit log."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from .. import accounts, catalog
+from ..extensions import db
+from ..models import AuditEvent, Host, Invite, User
+from . import flash_error, role_required
+from .forms import CatalogModelForm, InviteForm
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+AUDIT_PAGE_SIZE = 50
+
+
+@bp.before_request
+@role_required("admin")
+def require_admin():
+    return None
+
+
+@bp.get("")
+def index():
+    counts = {
+        "people": db.session.scalar(select(func.count()).select_from(User)),
+        "hosts pending approval": db.session.scalar(select(func.count()).select_from(Host)
+                                                    .where(Host.status == "pending")),
+        "hosts approved": db.session.scalar(select(func.count()).select_from(Host).where(Host.status == "approved")),
+        "open invites": db.session.scalar(select(func.count()).select_from(Invite).where(
+            Invite.used_at.is_(None), Invite.expires_at > func.now())),
+    }
+    return render_template("admin/index.html", counts=counts)
+
+
+@bp.get("/models")
+def models():
+    return render_template("admin/models.html", models=catalog.all_models())
+
+
+def _form_values(form: CatalogModelForm) -> dict:
+    values = {field: getattr(form, field).data for field in ("hf_id", *catalog.EDITABLE_FIELDS)}
+    values["attribution"] = values["attribution"] or ""
+    for field in form.PRICE_FIELDS:
+        values[field] = catalog.usd(values[field])
+    return values
+
+
+def _save(model, form: CatalogModelForm):
+    if form.validate_on_submit():
+        try:
+            saved = catalog.save_model(current_user, model, _form_values(form))
+        except catalog.CatalogError as exc:
+            flash_error(str(exc))
+        else:
+            flash(f"{saved.display_name} saved.", "success")
+            return redirect(url_for("admin.models"))
+    return render_template("admin/model_form.html", form=form, model=model), 400 if form.is_submitted() else 200
+
+
+@bp.route("/models/new", methods=["GET", "POST"])
+def new_model():
+    return _save(None, CatalogModelForm())
+
+
+@bp.route("/models/<int:model_id>", methods=["GET", "POST"])
+def edit_model(model_id: int):
+    model = catalog.get_model(model_id)
+    form = CatalogModelForm(obj=model) if request.method == "GET" else CatalogModelForm()
+    if request.method == "GET":
+        for field in form.PRICE_FIELDS:
+            getattr(form, field).data = catalog.format_usd(getattr(model, field)).lstrip("$")
+    form.hf_id.data = model.hf_id  # the id is fixed once hosts serve it
+    return _save(model, form)
+
+
+@bp.route("/invites", methods=["GET", "POST"])
+def invites():
+    form = InviteForm()
+    created = None
+    if request.method == "GET":
+        form.ttl_hours.data = current_app.config["INVITE_TTL_HOURS"]
+    elif form.validate_on_submit():
+        created = accounts.create_invite(current_user, form.note.data or "", form.ttl_hours.data)
+    rows = db.session.scalars(select(Invite).order_by(Invite.id.desc()).limit(100)).all()
+    template = "admin/_invites_panel.html" if request.htmx else "admin/invites.html"
+    status = 400 if form.is_submitted() and not created else 200
+    return render_template(template, form=form, invites=rows, created=created), status
+
+
+@bp.get("/people")
+def people():
+    users = db.session.scalars(select(User).order_by(User.id)).all()
+    return render_template("admin/people.html", users=users)
+
+
+@bp.get("/audit")
+def audit_log():
+    page = max(request.args.get("page", 1, type=int), 1)
+    events = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())
+                                .offset((page - 1) * AUDIT_PAGE_SIZE).limit(AUDIT_PAGE_SIZE + 1)).all()
+    return render_template("admin/audit.html", events=events[:AUDIT_PAGE_SIZE], page=page,
+                           more=len(events) > AUDIT_PAGE_SIZE)

@@ -1,0 +1,135 @@
+"""Fixtures in the flaskr style, on real PostgreSQL and Redis.
+
+The servers come from ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` when set,
+else from the same embedded pair ``make run`` uses, started once per test
+session under a temporary directory. Each test starts from empty tables and
+an empty Redis database.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from app.config import normalise_database_url
+from app.extensions import db
+
+from . import factories
+
+CSRF_RE = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"|"X-CSRFToken": "([^"]+)"')
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """URLs of a PostgreSQL database made for this test session, and of Redis."""
+    embedded = None
+    database_url, redis_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
+    if not (database_url and redis_url):
+        from app.embedded import EmbeddedServices
+
+        embedded = EmbeddedServices(tmp_path_factory.mktemp("servers"))
+        database_url = database_url or embedded.start_postgres()
+        redis_url = redis_url or embedded.start_redis()
+    name = f"gpushare_test_{uuid.uuid4().hex[:8]}"
+    server_url = make_url(database_url).set(drivername="postgresql")
+    admin_url = server_url.render_as_string(hide_password=False)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    test_url = server_url.set(database=name).render_as_string(hide_password=False)
+    yield {"database": test_url, "redis": redis_url, "embedded": embedded}
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    if embedded is not None:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def app(servers, tmp_path_factory):
+    from flask_migrate import upgrade
+
+    app = create_app({
+        "TESTING": True,
+        "GPUSHARE_ENV": "test",
+        "SECRET_KEY": "test-secret-key-that-is-long-enough-for-anything",
+        "GPUSHARE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "SQLALCHEMY_DATABASE_URI": normalise_database_url(servers["database"]),
+        "REDIS_URL": servers["redis"],
+        "REDIS_DB": 0,
+    })
+    with app.app_context():
+        upgrade()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+    app.extensions["redis"].close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request):
+    """Empty tables and Redis before each test that uses the app."""
+    if "app" not in request.fixturenames:
+        yield
+        return
+    app = request.getfixturevalue("app")
+    with app.app_context():
+        tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+        db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        db.session.commit()
+        redis.Redis.from_url(app.config["REDIS_URL"]).flushdb()
+    yield
+
+
+@pytest.fixture
+def ctx(app):
+    """An app context for calling services and factories directly."""
+    with app.app_context():
+        yield
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def csrf_token(client, path: str = "/") -> str:
+    html = client.get(path).get_data(as_text=True)
+    match = CSRF_RE.search(html)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1) or match.group(2)
+
+
+class Auth:
+    """Logs a test client in and out through the real pages."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def login(self, user_or_email, password: str = factories.PASSWORD):
+        email = getattr(user_or_email, "email", user_or_email)
+        token = csrf_token(self.client, "/login")
+        return self.client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+    def logout(self):
+        return self.client.post("/logout", data={"csrf_token": csrf_token(self.client)})
+
+    def token(self, path: str = "/") -> str:
+        return csrf_token(self.client, path)
+
+
+@pytest.fixture
+def auth(client):
+    return Auth(client)
+
+
+@pytest.fixture
+def people(ctx):
+    """alice is a client, bob a host, carol an admin, mallory an outsider with a client account."""
+    return factories.personas()
