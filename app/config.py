@@ -136,5 +136,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "PUBLIC_URL": env_str(env, "GPUSHARE_PUBLIC_URL", "http://127.0.0.1:8000"),
         "INVITE_TTL_HOURS": env_int(env, "INVITE_TTL_HOURS", 72, minimum=1, maximum=24 * 90),
         "API_KEY_CACHE_SECONDS": env_int(env, "API_KEY_CACHE_SECONDS", 60, minimum=1, maximum=3600),
+        # How many reverse proxies in front of the app set X-Forwarded-For (audit logs record the real client).
+        "PROXY_FIX_HOPS": env_int(env, "PROXY_FIX_HOPS", 0, minimum=0, maximum=5),
         "MAX_CONTENT_LENGTH": env_int(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
     }

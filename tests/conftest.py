@@ -13,6 +13,8 @@ import uuid
 
 import psycopg
 import pytest
+from flask import has_app_context
+from flask.testing import FlaskClient
 import redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -50,6 +52,22 @@ def servers(tmp_path_factory):
         embedded.stop()
 
 
+class Client(FlaskClient):
+    """Each request gets its own app context, as in production, even inside a test's ``ctx``.
+
+    Flask reuses an app context already pushed, which would share ``g`` (and
+    with it the cached CSRF token) between requests. Afterwards the test's
+    own session is expired so that it reads what the request committed.
+    """
+
+    def open(self, *args, **kwargs):
+        with self.application.app_context():
+            response = super().open(*args, **kwargs)
+        if has_app_context():
+            db.session.expire_all()
+        return response
+
+
 @pytest.fixture(scope="session")
 def app(servers, tmp_path_factory):
     from flask_migrate import upgrade
@@ -63,6 +81,7 @@ def app(servers, tmp_path_factory):
         "REDIS_URL": servers["redis"],
         "REDIS_DB": 0,
     })
+    app.test_client_class = Client
     with app.app_context():
         upgrade()
     yield app

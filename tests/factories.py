@@ -11,11 +11,11 @@ from app.models import Invite, User, utcnow
 PASSWORD = "correct horse battery staple"
 
 
-def make_user(email: str, *, host: bool = False, admin: bool = False, password: str = PASSWORD) -> User:
+def make_user(email: str, *, client: bool = True, host: bool = False, admin: bool = False,
+              password: str = PASSWORD) -> User:
     user = accounts.create_user(email, password, is_admin=admin)
-    if host:
-        user.is_host = True
-        db.session.commit()
+    user.is_client, user.is_host = client, host
+    db.session.commit()
     return user
 
 
@@ -40,7 +40,7 @@ def seed_catalog() -> None:
 def personas() -> SimpleNamespace:
     return SimpleNamespace(
         alice=make_user("alice@example.com"),
-        bob=make_user("bob@example.com", host=True),
-        carol=make_user("carol@example.com", admin=True),
+        bob=make_user("bob@example.com", client=False, host=True),
+        carol=make_user("carol@example.com", client=False, admin=True),
         mallory=make_user("mallory@example.com"),
     )

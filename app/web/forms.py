@@ -15,8 +15,9 @@ class ActionForm(FlaskForm):
 
 class SignupForm(FlaskForm):
     email = StringField("E-mail", validators=[DataRequired(), Length(max=254)])
-    password = PasswordField("Password", validators=[DataRequired(),
-                                                     Length(min=MIN_PASSWORD_LENGTH, max=MAX_PASSWORD_LENGTH)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(
+        min=MIN_PASSWORD_LENGTH, max=MAX_PASSWORD_LENGTH,
+        message=f"Use a password of at least {MIN_PASSWORD_LENGTH} and at most {MAX_PASSWORD_LENGTH} characters.")])
     confirm = PasswordField("Repeat password", validators=[DataRequired(),
                                                            EqualTo("password", "The passwords do not match.")])
     invite_code = StringField("Host invite code (only to offer a GPU)", validators=[Optional(), Length(max=100)])

@@ -1,0 +1,125 @@
+"""``flask serve``, what ``make run`` runs: from nothing, across a restart, and nothing left behind."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import redis
+
+from app import ROOT
+from app.demo import read_env_file
+
+BANNER_TIMEOUT = 60  # the promise: serving within 60 s of a warm .venv
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+class Platform:
+    """One ``flask serve`` in its own process group, as a terminal would run it."""
+
+    def __init__(self, data_dir: Path, port: int):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "GPUSHARE_ENV")}
+        env.update(GPUSHARE_DATA_DIR=str(data_dir), PORT=str(port), WEB_CONCURRENCY="1", PYTHONUNBUFFERED="1")
+        self.log = (data_dir.parent / f"serve-{port}-{time.monotonic_ns()}.log").open("w+")
+        self.process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "serve"], cwd=ROOT,
+                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        if self.log.closed:
+            return self.final
+        self.log.seek(0)
+        return self.log.read()
+
+    def wait_for_banner(self) -> str:
+        deadline = time.monotonic() + BANNER_TIMEOUT
+        while "Press Ctrl-C to stop." not in self.output():
+            assert self.process.poll() is None, f"flask serve exited early:\n{self.output()}"
+            assert time.monotonic() < deadline, f"no banner within {BANNER_TIMEOUT}s:\n{self.output()}"
+            time.sleep(0.2)
+        return self.output()
+
+    def ctrl_c(self) -> int:
+        os.killpg(self.process.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.final = self.output()
+            self.log.close()
+
+
+def leftovers(data_dir: Path, port: int) -> list[str]:
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(data_dir) in cmdline or f"127.0.0.1:{port}" in cmdline:
+            found.append(f"{process.info['pid']}: {cmdline}")
+    return found
+
+
+def test_it_serves_from_nothing_survives_a_restart_and_leaves_nothing(tmp_path):
+    data_dir, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    first = Platform(data_dir, port)
+    try:
+        banner = first.wait_for_banner()
+        env = read_env_file(data_dir / "demo.env")
+        assert env["OPENAI_BASE_URL"] == f"{base}/v1"
+        assert re.search(rf"demo API key: {re.escape(env['OPENAI_API_KEY'])}", banner)
+        assert f"admin: {env['GPUSHARE_ADMIN_EMAIL']} / {env['GPUSHARE_ADMIN_PASSWORD']}" in banner
+        assert 'curl -s "$OPENAI_BASE_URL/models"' in banner
+
+        assert "Open LLMs through an OpenAI-compatible API" in get(f"{base}/")[1]
+        assert 'name="password"' in get(f"{base}/login")[1]
+        status, page = get(f"{base}/models")
+        assert status == 200 and "Llama 3.1 8B Instruct" in page and "Apache-2.0" in page
+        status, body = get(f"{base}/v1/models", {"Authorization": f"Bearer {env['OPENAI_API_KEY']}"})
+        assert status == 200 and "HuggingFaceTB/SmolLM2-135M-Instruct" in body
+
+        # Something in Redis too, to see it survive.
+        cache = redis.Redis(unix_socket_path=str(data_dir / "redis" / "redis.sock"))
+        cache.set("probe", "kept")
+        cache.close()
+    finally:
+        code = first.ctrl_c()
+    assert code == 0, first.output()
+    assert "Stopped." in first.output()
+    assert leftovers(data_dir, port) == []
+
+    second = Platform(data_dir, port)
+    try:
+        banner = second.wait_for_banner()
+        again = read_env_file(data_dir / "demo.env")
+        assert again == env  # same key and passwords: the database kept them
+        assert "Model catalog: 0 models added." in banner
+        status, _ = get(f"{base}/v1/models", {"Authorization": f"Bearer {env['OPENAI_API_KEY']}"})
+        assert status == 200
+        cache = redis.Redis(unix_socket_path=str(data_dir / "redis" / "redis.sock"))
+        assert cache.get("probe") == b"kept"
+        cache.close()
+    finally:
+        code = second.ctrl_c()
+    assert code == 0, second.output()
+    assert leftovers(data_dir, port) == []
