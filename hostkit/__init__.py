@@ -1,0 +1,1 @@
+"""hostkit: the host's CLI and agent (hardware check, register, models, up/down, schedule, engine)."""
