@@ -28,6 +28,17 @@ class Interrupted(Exception):
     pass
 
 
+def _detach_from_terminal() -> None:
+    """Run in the child before exec: its own process group, so Ctrl-C reaches only this
+    supervisor (which then stops the child gracefully), and SIGTERM if the supervisor dies."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _raise_interrupted(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
 
@@ -111,7 +122,8 @@ def serve_command(host: str, port: int, workers: int) -> None:
         click.echo(f"Model catalog: {catalog.seed()} models added.")
         info = demo.ensure_demo(data_dir, f"{public}/v1")
         click.echo(f"Starting the web app on {public} ({workers} gevent workers)...")
-        web = subprocess.Popen(_gunicorn_command(host, port, workers), env=_child_env(), cwd=ROOT)
+        web = subprocess.Popen(_gunicorn_command(host, port, workers), env=_child_env(), cwd=ROOT,
+                               preexec_fn=_detach_from_terminal)
         children.append(web)
         _wait_ready(f"{public}/healthz", web)
         click.echo(_banner(info, data_dir / "demo.env", public))

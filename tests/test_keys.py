@@ -24,6 +24,7 @@ def test_it_shows_the_key_once_and_stores_only_its_hash(client, auth, people):
     assert response.status_code == 200 and 'id="keys-panel"' in page and "<html" not in page
     secret = page.split('class="secret" readonly value="')[1].split('"')[0]
     assert secret.startswith("gpsk_") and "shown only once" in page
+    assert 'name="name" required type="text" value=""' in page  # the form is empty for the next key
 
     row = db.session.execute(text("SELECT * FROM api_keys")).mappings().one()
     assert row["name"] == "ci runner" and row["spend_limit"] == 12_500_000

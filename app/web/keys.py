@@ -11,8 +11,8 @@ from .forms import ActionForm, KeyForm, RenameKeyForm
 bp = Blueprint("keys", __name__, url_prefix="/keys")
 
 
-def _key_form() -> KeyForm:
-    form = KeyForm()
+def _key_form(**kwargs) -> KeyForm:
+    form = KeyForm(**kwargs)
     form.models.choices = [(m.hf_id, m.display_name) for m in catalog.public_models()]
     return form
 
@@ -49,7 +49,7 @@ def create():
     except (api_keys.ApiKeyError, catalog.CatalogError) as exc:
         form.name.errors = [*form.name.errors, str(exc)]
         return _panel(form, status=400)
-    return _panel(_key_form(), created=key, secret=secret)
+    return _panel(_key_form(formdata=None), created=key, secret=secret)  # an empty form for the next key
 
 
 @bp.get("/<int:key_id>")
