@@ -35,6 +35,8 @@ class KeyInfo:
     user_id: int
     allowed_models: tuple[str, ...] | None
     spend_limit: int | None
+    requests_per_minute: int | None = None  # None: the platform default
+    tokens_per_minute: int | None = None
 
     def allows(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -131,7 +133,9 @@ def authenticate(secret: str) -> KeyInfo | None:
         value = REVOKED
     else:
         value = json.dumps({"id": key.id, "user_id": key.user_id, "allowed_models": key.allowed_models,
-                            "spend_limit": key.spend_limit})
+                            "spend_limit": key.spend_limit,
+                            "requests_per_minute": key.requests_per_minute or key.user.requests_per_minute,
+                            "tokens_per_minute": key.tokens_per_minute or key.user.tokens_per_minute})
     # NX: never overwrite a tombstone a revocation wrote after our read.
     redis_client.set(cache_key, value, ex=current_app.config["API_KEY_CACHE_SECONDS"], nx=True)
     return _decode(redis_client.get(cache_key) or value)
@@ -144,4 +148,5 @@ def _decode(raw: bytes | str) -> KeyInfo | None:
     data = json.loads(raw)
     allowed = data["allowed_models"]
     return KeyInfo(id=data["id"], user_id=data["user_id"], spend_limit=data["spend_limit"],
-                   allowed_models=tuple(allowed) if allowed is not None else None)
+                   allowed_models=tuple(allowed) if allowed is not None else None,
+                   requests_per_minute=data.get("requests_per_minute"), tokens_per_minute=data.get("tokens_per_minute"))

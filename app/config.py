@@ -71,6 +71,13 @@ def env_secret(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(env, name, default)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def normalise_database_url(url: str) -> str:
     """SQLAlchemy needs the driver named; operators write plain ``postgresql://``."""
     for prefix in ("postgres://", "postgresql://"):
@@ -123,7 +130,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "SECRET_KEY": secret_key or _dev_secret(data_dir),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url) if database_url else None,
         "SQLALCHEMY_ENGINE_OPTIONS": {
-            "pool_pre_ping": True,
+            # No ping on checkout: the request path would pay a round trip for it. Dropped connections are
+            # recycled, and the request path retries once on a connection that died.
+            "pool_recycle": 300,
             "pool_size": env_int(env, "DATABASE_POOL_SIZE", 5, minimum=1, maximum=100),
         },
         "REDIS_URL": redis_url,
@@ -138,5 +147,21 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "API_KEY_CACHE_SECONDS": env_int(env, "API_KEY_CACHE_SECONDS", 60, minimum=1, maximum=3600),
         # How many reverse proxies in front of the app set X-Forwarded-For (audit logs record the real client).
         "PROXY_FIX_HOPS": env_int(env, "PROXY_FIX_HOPS", 0, minimum=0, maximum=5),
+        # The request path (see app/proxy).
+        "PLATFORM_FEE_BPS": env_int(env, "PLATFORM_FEE_BPS", 2000, minimum=0, maximum=10_000),
+        "RATE_LIMIT_REQUESTS_PER_MINUTE": env_int(env, "RATE_LIMIT_REQUESTS_PER_MINUTE", 600, minimum=1),
+        "RATE_LIMIT_TOKENS_PER_MINUTE": env_int(env, "RATE_LIMIT_TOKENS_PER_MINUTE", 2_000_000, minimum=1),
+        "ROUTING_STRATEGY": _choice(env, "ROUTING_STRATEGY", "round_robin", ("round_robin", "least_outstanding")),
+        "ROUTING_MAX_ATTEMPTS": env_int(env, "ROUTING_MAX_ATTEMPTS", 3, minimum=1, maximum=10),
+        "ROUTING_REFRESH_SECONDS": env_int(env, "ROUTING_REFRESH_SECONDS", 2, minimum=1, maximum=300),
+        "UPSTREAM_CONNECT_TIMEOUT": env_int(env, "UPSTREAM_CONNECT_TIMEOUT", 3, minimum=1, maximum=60),
+        "UPSTREAM_FIRST_TOKEN_TIMEOUT": env_int(env, "UPSTREAM_FIRST_TOKEN_TIMEOUT", 120, minimum=1, maximum=3600),
+        "UPSTREAM_CHUNK_TIMEOUT": env_int(env, "UPSTREAM_CHUNK_TIMEOUT", 30, minimum=1, maximum=600),
+        "HOLD_TTL_SECONDS": env_int(env, "HOLD_TTL_SECONDS", 3600, minimum=60),
+        "MAX_MESSAGES": env_int(env, "MAX_MESSAGES", 1024, minimum=1),
+        "MAX_CHOICES": env_int(env, "MAX_CHOICES", 8, minimum=1, maximum=128),
+        "TOKENIZERS_DIR": str(Path(env_str(env, "GPUSHARE_TOKENIZERS_DIR", str(data_dir / "tokenizers"))).resolve()),
+        "HEALTH_FAILURES_TO_UNHEALTHY": env_int(env, "HEALTH_FAILURES_TO_UNHEALTHY", 2, minimum=1),
+        "HEALTH_SUCCESSES_TO_HEALTHY": env_int(env, "HEALTH_SUCCESSES_TO_HEALTHY", 2, minimum=1),
         "MAX_CONTENT_LENGTH": env_int(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
     }

@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from flask_login import UserMixin
-from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Integer, String, Text,
-                        func)
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, SmallInteger,
+                        String, Text, UniqueConstraint, func, text)
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -30,6 +30,8 @@ class User(UserMixin, db.Model):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
     last_login_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the platform default
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="user", order_by="ApiKey.id")
 
@@ -56,10 +58,18 @@ class ApiKey(db.Model):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
     last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    spent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # maintained by gs_finish
+    held: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # maintained by gs_hold/gs_finish
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the account's limit
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
 
     user: Mapped[User] = relationship(back_populates="api_keys")
 
-    __table_args__ = (CheckConstraint("spend_limit IS NULL OR spend_limit > 0", name="spend_limit_positive"),)
+    __table_args__ = (
+        CheckConstraint("spend_limit IS NULL OR spend_limit > 0", name="spend_limit_positive"),
+        CheckConstraint("held >= 0", name="held_not_negative"),
+        CheckConstraint("spend_limit IS NULL OR spent + held <= spend_limit", name="within_spend_limit"),
+    )
 
     @property
     def is_active(self) -> bool:
@@ -153,6 +163,10 @@ class Host(db.Model):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
     approved_at: Mapped[datetime | None] = mapped_column(Timestamp)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    consecutive_successes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_checked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_check_error: Mapped[str | None] = mapped_column(Text)
 
     owner: Mapped[User] = relationship()
     offers: Mapped[list[HostModel]] = relationship(back_populates="host", cascade="all, delete-orphan")
@@ -191,3 +205,120 @@ class AuditEvent(db.Model):
 
     actor: Mapped[User | None] = relationship()
 
+
+
+class LedgerAccount(db.Model):
+    """A balance in the double-entry ledger, maintained by the database from its entries."""
+
+    __tablename__ = "ledger_accounts"
+
+    KINDS = ("client", "host", "platform_fees", "grants")
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    balance: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    held: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    credit_limit: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    allow_negative: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('client', 'host', 'platform_fees', 'grants')", name="kind_known"),
+        CheckConstraint("(user_id IS NOT NULL) = (kind IN ('client', 'host'))", name="owner_matches_kind"),
+        CheckConstraint("held >= 0", name="held_not_negative"),
+        CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
+        CheckConstraint("allow_negative OR balance + credit_limit - held >= 0", name="no_overdraft"),
+        UniqueConstraint("kind", "user_id", name="uq_ledger_accounts_kind_user_id"),
+        Index("uq_ledger_accounts_platform", "kind", unique=True, postgresql_where=text("user_id IS NULL")),
+    )
+
+    @property
+    def available(self) -> int:
+        return self.balance + self.credit_limit - self.held
+
+
+class LedgerTransfer(db.Model):
+    """One balanced posting; its id is its idempotency key."""
+
+    __tablename__ = "ledger_transfers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    memo: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    entries: Mapped[list[LedgerEntry]] = relationship(back_populates="transfer")
+
+
+class LedgerEntry(db.Model):
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    transfer_id: Mapped[str] = mapped_column(ForeignKey("ledger_transfers.id", ondelete="RESTRICT"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id", ondelete="RESTRICT"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    transfer: Mapped[LedgerTransfer] = relationship(back_populates="entries")
+    account: Mapped[LedgerAccount] = relationship()
+
+    __table_args__ = (CheckConstraint("amount <> 0", name="amount_not_zero"),)
+
+
+class Hold(db.Model):
+    """A request's worst-case cost, reserved at admission and released when it is settled or voided."""
+
+    __tablename__ = "holds"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="held", server_default="held")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    closed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("status IN ('held', 'settled', 'voided')", name="status_known"),
+        Index("ix_holds_open", "expires_at", postgresql_where=text("status = 'held'")),
+    )
+
+
+class UsageRecord(db.Model):
+    """One request through the proxy: tokens counted by the router beside the host's claim, and its cost."""
+
+    __tablename__ = "usage_records"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"))
+    endpoint: Mapped[str] = mapped_column(String(32))
+    stream: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(24))
+    http_status: Mapped[int] = mapped_column(SmallInteger)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    host_prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    host_completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    input_price: Mapped[int] = mapped_column(BigInteger)
+    output_price: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)
+    held: Mapped[int] = mapped_column(BigInteger)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    api_key: Mapped[ApiKey] = relationship()
+    model: Mapped[CatalogModel] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("cost >= 0 AND cost <= held", name="cost_within_hold"),
+        Index("ix_usage_records_user_created", "user_id", text("created_at DESC")),
+    )

@@ -8,6 +8,7 @@ an empty Redis database.
 from __future__ import annotations
 
 import os
+import threading
 import re
 import uuid
 
@@ -18,6 +19,7 @@ from flask.testing import FlaskClient
 import redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import normalise_database_url
@@ -79,7 +81,8 @@ def app(servers, tmp_path_factory):
         "GPUSHARE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(servers["database"]),
         "REDIS_URL": servers["redis"],
-        "REDIS_DB": 0,
+        "UPSTREAM_FIRST_TOKEN_TIMEOUT": 5,
+        "UPSTREAM_CHUNK_TIMEOUT": 2,
     })
     app.test_client_class = Client
     with app.app_context():
@@ -102,6 +105,8 @@ def _clean_state(request):
         db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
         db.session.commit()
         redis.Redis.from_url(app.config["REDIS_URL"]).flushdb()
+        if "gateway" in app.extensions:
+            app.extensions["gateway"].routing.invalidate()
     yield
 
 
@@ -152,3 +157,17 @@ def auth(client):
 def people(ctx):
     """alice is a client, bob a host, carol an admin, mallory an outsider with a client account."""
     return factories.personas()
+
+
+@pytest.fixture
+def live_server(app):
+    """The session app on a real HTTP server on loopback; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

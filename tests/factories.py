@@ -4,9 +4,12 @@ from __future__ import annotations
 from datetime import timedelta
 from types import SimpleNamespace
 
-from app import accounts, api_keys, catalog
+from flask import current_app
+from sqlalchemy import select
+
+from app import accounts, api_keys, catalog, ledger
 from app.extensions import db
-from app.models import Invite, User, utcnow
+from app.models import CatalogModel, Host, HostModel, Invite, User, utcnow
 
 PASSWORD = "correct horse battery staple"
 
@@ -44,3 +47,30 @@ def personas() -> SimpleNamespace:
         carol=make_user("carol@example.com", client=False, admin=True),
         mallory=make_user("mallory@example.com"),
     )
+
+
+def make_host(owner: User, models: list[str], *, api_base: str = "http://127.0.0.1:9", name: str = "rig",
+              healthy: bool = True, enabled: bool = True, status: str = "approved") -> Host:
+    """A host serving ``models`` (catalog ids; the catalog is seeded when empty) at ``api_base``."""
+    if not db.session.scalar(select(CatalogModel.id).limit(1)):
+        catalog.seed()
+    host = Host(owner_id=owner.id, name=name, status=status, enabled=enabled, healthy=healthy, api_base=api_base)
+    db.session.add(host)
+    db.session.flush()
+    for hf_id in models:
+        model = db.session.scalar(select(CatalogModel).where(CatalogModel.hf_id == hf_id))
+        db.session.add(HostModel(host_id=host.id, model_id=model.id))
+    db.session.commit()
+    refresh_routes()
+    return host
+
+
+def refresh_routes() -> None:
+    """Routing tables cache for a few seconds; tests change hosts and want the change seen at once."""
+    gateway = current_app.extensions.get("gateway")
+    if gateway is not None:
+        gateway.routing.invalidate()
+
+
+def give_credits(user: User, dollars: str) -> None:
+    ledger.grant(None, user, catalog.usd(dollars), memo="test credits", transfer_id=f"test:{user.id}:{dollars}")

@@ -5,7 +5,7 @@ from app import catalog
 from app.extensions import db
 from app.models import ApiKey, AuditEvent
 
-from .factories import make_key
+from .factories import make_host, make_key
 
 
 def bearer(secret: str) -> dict:
@@ -37,7 +37,7 @@ def test_it_shows_the_key_once_and_stores_only_its_hash(client, auth, people):
 
 
 def test_it_limits_a_key_to_the_models_chosen(client, auth, people):
-    catalog.seed()
+    make_host(people.bob, ["Qwen/Qwen2.5-7B-Instruct", "google/gemma-2-9b-it"])
     auth.login(people.alice)
     page = create(client, auth, models=["Qwen/Qwen2.5-7B-Instruct"]).get_data(as_text=True)
     secret = page.split('class="secret" readonly value="')[1].split('"')[0]

@@ -3,9 +3,9 @@ import httpx
 import openai
 import pytest
 
-from app import api_keys, catalog
+from app import api_keys
 
-from .factories import make_key
+from .factories import make_host, make_key
 
 
 @pytest.fixture
@@ -23,17 +23,20 @@ def sdk(app):
         http.close()
 
 
-def test_it_lists_models_through_the_sdk(sdk, people):
-    catalog.seed()
+def test_it_lists_the_models_healthy_hosts_serve_through_the_sdk(sdk, people):
+    make_host(people.bob, ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct"])
+    make_host(people.bob, ["google/gemma-2-9b-it"], healthy=False, name="sick")
+    make_host(people.bob, ["mistralai/Mistral-7B-Instruct-v0.3"], status="pending", name="new")
+    make_host(people.bob, ["HuggingFaceTB/SmolLM2-135M-Instruct"], enabled=False, name="off")
     _, secret = make_key(people.alice)
     models = sdk(secret).models.list()
-    assert [m.id for m in models][:2] == ["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct"]
+    assert [m.id for m in models] == ["meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct"]
     assert all(m.object == "model" and m.owned_by == "gpushare" for m in models)
     assert sdk(secret).models.retrieve("Qwen/Qwen2.5-7B-Instruct").id == "Qwen/Qwen2.5-7B-Instruct"
 
 
 def test_it_hides_models_outside_the_allowlist(sdk, people):
-    catalog.seed()
+    make_host(people.bob, ["Qwen/Qwen2.5-7B-Instruct", "google/gemma-2-9b-it"])
     _, secret = make_key(people.alice, allowed_models=["google/gemma-2-9b-it"])
     assert [m.id for m in sdk(secret).models.list()] == ["google/gemma-2-9b-it"]
     with pytest.raises(openai.NotFoundError) as error:

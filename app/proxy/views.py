@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
-from .. import api_keys, catalog
+from .. import api_keys
 from .errors import ApiError, openai_error
+from .gateway import complete, gateway
 
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
@@ -33,20 +34,31 @@ def authenticate_key():
     g.api_key = key
 
 
-def _model_object(model) -> dict:
-    return {"id": model.hf_id, "object": "model", "created": int(model.created_at.timestamp()), "owned_by": OWNED_BY}
+def _model_object(offer) -> dict:
+    return {"id": offer.hf_id, "object": "model", "created": offer.created, "owned_by": OWNED_BY}
 
 
 @bp.get("/models")
 def list_models():
-    models = [m for m in catalog.public_models() if g.api_key.allows(m.hf_id)]
-    return {"object": "list", "data": [_model_object(m) for m in models]}
+    """Models that at least one healthy host serves and this key may use."""
+    offers = [m for m in gateway().routing.served_models() if g.api_key.allows(m.hf_id)]
+    return {"object": "list", "data": [_model_object(m) for m in offers]}
 
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str):
-    for model in catalog.public_models():
-        if model.hf_id == model_id and g.api_key.allows(model_id):
-            return _model_object(model)
+    for offer in gateway().routing.served_models():
+        if offer.hf_id == model_id and g.api_key.allows(model_id):
+            return _model_object(offer)
     raise ApiError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
                    code="model_not_found", param="model")
+
+
+@bp.post("/chat/completions")
+def chat_completions():
+    return complete("chat")
+
+
+@bp.post("/completions")
+def completions():
+    return complete("completions")

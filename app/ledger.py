@@ -1,0 +1,101 @@
+"""The double-entry ledger: accounts, balanced transfers, grants, and the invariants.
+
+Amounts are integer micro-units (1 USD = 1,000,000). PostgreSQL enforces the
+rules (see migration 0002): entries are immutable, every transfer balances,
+balances are derived from entries and never overdrawn. This module posts
+transfers and reads balances; the request path uses the ``gs_hold`` and
+``gs_finish`` functions directly for speed.
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+
+from . import audit
+from .extensions import db
+from .models import LedgerAccount, LedgerEntry, LedgerTransfer, User
+
+MAX_GRANT = 100_000 * 1_000_000  # one admin grant is at most $100,000
+
+
+class LedgerError(ValueError):
+    """A posting that cannot be made; the message is for the person who asked."""
+
+
+def account_id(kind: str, user: User | int | None = None) -> int:
+    """The id of a ledger account, created on first use."""
+    user_id = getattr(user, "id", user)
+    return db.session.execute(text("SELECT gs_account(:kind, :user)"), {"kind": kind, "user": user_id}).scalar_one()
+
+
+def account(kind: str, user: User | int | None = None) -> LedgerAccount:
+    return db.session.get(LedgerAccount, account_id(kind, user), populate_existing=True)
+
+
+def post(transfer_id: str, kind: str, entries: list[tuple[int, int]], *, memo: str = "",
+         created_by: User | None = None, request_id: str | None = None) -> bool:
+    """Post one balanced transfer in the current transaction. False when ``transfer_id`` was already posted."""
+    if sum(amount for _, amount in entries) != 0:
+        raise LedgerError("a transfer must balance")
+    inserted = db.session.execute(
+        insert(LedgerTransfer).values(id=transfer_id, kind=kind, memo=memo, request_id=request_id,
+                                      created_by_id=getattr(created_by, "id", None))
+        .on_conflict_do_nothing(index_elements=["id"]).returning(LedgerTransfer.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        return False
+    db.session.execute(insert(LedgerEntry), [{"transfer_id": transfer_id, "account_id": acct, "amount": amount}
+                                             for acct, amount in entries if amount])
+    return True
+
+
+def grant(admin: User | None, client: User, amount: int, *, memo: str, transfer_id: str) -> bool:
+    """Give ``client`` credits from the platform (promotions, support, the demo). Idempotent by ``transfer_id``."""
+    if not 0 < amount <= MAX_GRANT:
+        raise LedgerError("A grant must be more than zero and at most $100,000.")
+    posted = post(transfer_id, "grant", [(account_id("grants"), -amount), (account_id("client", client), amount)],
+                  memo=memo, created_by=admin)
+    if posted:
+        audit.record(admin, "credits.grant", "user", client.id, amount=amount, memo=memo, transfer=transfer_id)
+    db.session.commit()
+    return posted
+
+
+def balance(user: User) -> LedgerAccount:
+    """The client's ledger account: ``balance``, ``held`` and ``available``."""
+    acct = account("client", user)
+    db.session.commit()
+    return acct
+
+
+def void_expired_holds() -> int:
+    """Release holds whose request never finished. Returns how many."""
+    voided = db.session.execute(text("SELECT gs_void_expired(clock_timestamp())")).scalar_one()
+    db.session.commit()
+    return voided
+
+
+def invariants() -> list[str]:
+    """What is wrong with the ledger, in words; empty when every rule holds."""
+    problems = []
+    total = db.session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)))
+    if total != 0:
+        problems.append(f"entries sum to {total}, not 0")
+    unbalanced = db.session.execute(text(
+        "SELECT transfer_id, sum(amount) FROM ledger_entries GROUP BY transfer_id HAVING sum(amount) <> 0")).all()
+    problems += [f"transfer {t} is unbalanced by {s}" for t, s in unbalanced]
+    drift = db.session.execute(text(
+        "SELECT a.id, a.balance, coalesce(sum(e.amount), 0) FROM ledger_accounts a "
+        "LEFT JOIN ledger_entries e ON e.account_id = a.id GROUP BY a.id "
+        "HAVING a.balance <> coalesce(sum(e.amount), 0)")).all()
+    problems += [f"account {a} says {b} but its entries sum to {s}" for a, b, s in drift]
+    overdrawn = db.session.execute(text(
+        "SELECT id, balance, held FROM ledger_accounts "
+        "WHERE NOT allow_negative AND balance + credit_limit - held < 0")).all()
+    problems += [f"account {a} is overdrawn: balance {b}, held {h}" for a, b, h in overdrawn]
+    held = db.session.execute(text(
+        "SELECT a.id, a.held, coalesce(sum(h.amount) FILTER (WHERE h.status = 'held'), 0) FROM ledger_accounts a "
+        "LEFT JOIN holds h ON h.account_id = a.id GROUP BY a.id "
+        "HAVING a.held <> coalesce(sum(h.amount) FILTER (WHERE h.status = 'held'), 0)")).all()
+    problems += [f"account {a} holds {h} but its open holds sum to {s}" for a, h, s in held]
+    return problems

@@ -1,0 +1,162 @@
+"""Reading a completion request: strict JSON, known parameters only, every size bounded.
+
+Anything the router does not know is refused with OpenAI's wording, so a
+field meant to steer the router (an upstream URL, a host id) can never reach
+a host or be honoured.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .errors import ApiError
+
+COMMON_PARAMETERS = {
+    "model", "stream", "stream_options", "max_tokens", "n", "temperature", "top_p", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "user",
+    # vLLM's sampling parameters
+    "top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
+    "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+    "truncate_prompt_tokens", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+    "guided_grammar",
+}
+CHAT_PARAMETERS = COMMON_PARAMETERS | {
+    "messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls", "chat_template_kwargs", "add_generation_prompt", "continue_final_message",
+    "store", "metadata", "service_tier", "reasoning_effort",
+}
+COMPLETION_PARAMETERS = COMMON_PARAMETERS | {"prompt", "echo", "suffix", "best_of"}
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 256
+MAX_PROMPTS = 64
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
+
+
+@dataclass
+class CompletionRequest:
+    endpoint: str  # "chat" or "completions"
+    body: dict
+    model: str
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None  # what the client asked for, per choice
+    n: int
+
+
+def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def _integer(body: dict, name: str, minimum: int, maximum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"'{name}' must be an integer.", name, "invalid_type")
+    if not minimum <= value <= maximum:
+        raise _bad(f"'{name}' must be between {minimum} and {maximum}; got {value}.", name, "invalid_value")
+    return value
+
+
+def _boolean(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(f"'{name}' must be a boolean.", name, "invalid_type")
+    return value
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad("The request body is not valid UTF-8.", code="invalid_encoding") from None
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise _bad(f"We could not parse the JSON body of your request: {exc.msg} at position {exc.pos}.",
+                   code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _check_messages(messages, max_messages: int) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty array.", "messages", "invalid_type")
+    if len(messages) > max_messages:
+        raise _bad(f"'messages' has {len(messages)} items; at most {max_messages} are allowed.", "messages",
+                   "array_above_max_length")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad(f"'messages[{i}]' must be an object.", f"messages[{i}]", "invalid_type")
+        if message.get("role") not in ROLES:
+            raise _bad(f"'messages[{i}].role' must be one of {', '.join(sorted(ROLES))}.", f"messages[{i}].role",
+                       "invalid_value")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise _bad(f"'messages[{i}].content' must be a string or an array of parts.",
+                       f"messages[{i}].content", "invalid_type")
+
+
+def _check_prompt(prompt) -> None:
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and 0 < len(prompt) <= MAX_PROMPTS and all(isinstance(p, str) for p in prompt):
+        if len(prompt) > 1:
+            raise _bad("Send one prompt per request.", "prompt", "invalid_value")
+        return
+    raise _bad("'prompt' must be a string.", "prompt", "invalid_type")
+
+
+def _check_stop(stop) -> None:
+    if stop is None or isinstance(stop, str) and len(stop) <= MAX_STOP_LENGTH:
+        return
+    if isinstance(stop, list) and len(stop) <= MAX_STOP_SEQUENCES and all(
+            isinstance(s, str) and 0 < len(s) <= MAX_STOP_LENGTH for s in stop):
+        return
+    raise _bad(f"'stop' must be a string or up to {MAX_STOP_SEQUENCES} strings of at most {MAX_STOP_LENGTH} "
+               "characters.", "stop", "invalid_value")
+
+
+def parse(raw: bytes, endpoint: str, *, max_messages: int, max_choices: int) -> CompletionRequest:
+    """Validate a request body; raise ApiError(400) with the parameter at fault."""
+    body = parse_json(raw)
+    allowed = CHAT_PARAMETERS if endpoint == "chat" else COMPLETION_PARAMETERS
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise _bad(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0], "unknown_parameter")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("You must provide a model parameter.", "model", "missing_required_parameter")
+    if endpoint == "chat":
+        _check_messages(body.get("messages"), max_messages)
+    else:
+        if "prompt" not in body:
+            raise _bad("You must provide a prompt parameter.", "prompt", "missing_required_parameter")
+        _check_prompt(body["prompt"])
+        if body.get("best_of") not in (None, 1):
+            raise _bad("'best_of' is not supported; use 'n'.", "best_of", "unsupported_value")
+    _check_stop(body.get("stop"))
+    stream = _boolean(body, "stream")
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise _bad("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage", "continuous_usage_stats"}:
+            raise _bad("'stream_options' may only contain 'include_usage'.", "stream_options", "invalid_value")
+    n = _integer(body, "n", 1, max_choices) or 1
+    max_tokens = _integer(body, "max_completion_tokens", 1, 10_000_000)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", 1, 10_000_000)
+    if max_tokens is None and endpoint == "completions":
+        max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise _bad(f"'{name}' must be a number.", name, "invalid_type")
+    include_usage = bool(options and options.get("include_usage"))
+    return CompletionRequest(endpoint=endpoint, body=body, model=model, stream=stream,
+                             include_usage=include_usage, max_tokens=max_tokens, n=n)

@@ -1,0 +1,350 @@
+"""The request path: admit, hold, route, forward, meter, settle.
+
+One ``Gateway`` per app holds what every request shares: the routing table,
+the upstream connection pool, the tokenizers and the rate limiter. A request
+makes one Redis call for its key (cached), one for its rate limits, one
+PostgreSQL call to hold its worst-case cost and one to record and settle its
+usage; the ORM is not used here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+from flask import Flask, Response, current_app, g, request, stream_with_context
+
+from ..api_keys import KeyInfo
+from ..extensions import db, redis_client
+from . import admission, normalise
+from .errors import ApiError, openai_error
+from .metering import Meter
+from .ratelimit import Decision, RateLimiter
+from .routing import Offer, Route, RoutingTable
+from .upstream import HostRefused, Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+NO_HOST_RETRY_AFTER = "10"
+
+HOLD_SQL = "SELECT granted, amount, refusal FROM gs_hold(%s, %s, %s, %s, %s, %s, %s, %s)"
+FINISH_SQL = ("SELECT gs_finish(%s, %s, %s, %s, %s::smallint, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+              " %s)")
+
+
+def cost_of(prompt_tokens: int, completion_tokens: int, input_price: int, output_price: int) -> int:
+    """Micro-units for a request at prices per million tokens, rounded up."""
+    return -(-(prompt_tokens * input_price + completion_tokens * output_price) // 1_000_000)
+
+
+class Gateway:
+    def __init__(self, app: Flask):
+        config = app.config
+        self.routing = RoutingTable(db.engine, app.extensions["redis"], config["ROUTING_REFRESH_SECONDS"],
+                                    config["ROUTING_STRATEGY"])
+        self.upstream = Upstream(config["UPSTREAM_CONNECT_TIMEOUT"], config["UPSTREAM_FIRST_TOKEN_TIMEOUT"],
+                                 config["UPSTREAM_CHUNK_TIMEOUT"])
+        self.meter = Meter(config["TOKENIZERS_DIR"])
+        self.limiter = RateLimiter(app.extensions["redis"])
+        self.fee_bps = config["PLATFORM_FEE_BPS"]
+        self.hold_ttl = config["HOLD_TTL_SECONDS"]
+        self.max_attempts = config["ROUTING_MAX_ATTEMPTS"]
+        self.default_rpm = config["RATE_LIMIT_REQUESTS_PER_MINUTE"]
+        self.default_tpm = config["RATE_LIMIT_TOKENS_PER_MINUTE"]
+        self.max_messages = config["MAX_MESSAGES"]
+        self.max_choices = config["MAX_CHOICES"]
+
+    def sql(self, statement: str, params: tuple):
+        """One statement in its own transaction on a pooled connection; retried once on a dropped connection."""
+        for attempt in (1, 2):
+            conn = db.engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                cursor.execute(statement, params)
+                row = cursor.fetchone()
+                conn.commit()
+                return row
+            except psycopg.OperationalError:
+                conn.invalidate()
+                if attempt == 2:
+                    raise
+            except Exception:
+                conn.rollback()
+                raise
+            finally:
+                conn.close()
+
+
+def gateway() -> Gateway:
+    app = current_app._get_current_object()
+    found = app.extensions.get("gateway")
+    if found is None:
+        found = app.extensions["gateway"] = Gateway(app)
+    return found
+
+
+@dataclass
+class Call:
+    """One completion request on its way through the router."""
+
+    gw: Gateway
+    key: KeyInfo
+    req: admission.CompletionRequest
+    offer: Offer
+    prompt_tokens: int
+    limits: Decision
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+    created: int = field(default_factory=lambda: int(time.time()))
+    granted: int = 0
+    held: int = 0
+    route: Route | None = None
+    first_token_at: float | None = None
+    host_usage: dict | None = None
+    settled: bool = False
+
+    @property
+    def response_id(self) -> str:
+        return ("chatcmpl-" if self.req.endpoint == "chat" else "cmpl-") + self.request_id
+
+    def headers(self) -> dict[str, str]:
+        return {**self.limits.headers(), "x-request-id": self.request_id}
+
+    def hold(self) -> None:
+        tokens_cap = self.offer.context_length - self.prompt_tokens
+        prompt_cost = cost_of(self.prompt_tokens, 0, self.offer.input_price, 0)
+        granted, amount, refusal = self.gw.sql(HOLD_SQL, (
+            self.request_id, self.key.user_id, self.key.id, prompt_cost, self.offer.output_price * self.req.n,
+            self.req.max_tokens, tokens_cap, self.gw.hold_ttl))
+        if refusal:
+            self.gw.limiter.correct_tokens(self.limits, -self.reserved_tokens)
+            headers = {**self.headers(), "x-should-retry": "false"}
+            if refusal == "spend_limit":
+                raise ApiError(402, "This API key has reached its spend limit. Raise it or use another key.",
+                               code="spend_limit_reached", headers=headers)
+            raise ApiError(402, "Your credit balance is too low for this request. Add credits on the billing page.",
+                           code="insufficient_credits", headers=headers)
+        self.granted, self.held = granted, amount
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.prompt_tokens + (self.req.max_tokens or 0) * self.req.n
+
+    def upstream_body(self) -> bytes:
+        body = dict(self.req.body)
+        body.pop("max_completion_tokens", None)
+        body["max_tokens"] = self.granted
+        if self.req.stream:
+            body["stream_options"] = {"include_usage": True}  # the host's claim, recorded beside our count
+        return json.dumps(body).encode()
+
+    def finish(self, status: str, http_status: int, completion_tokens: int) -> int:
+        """Record usage and settle, exactly once per request. Returns the cost charged."""
+        if self.settled:
+            return 0
+        self.settled = True
+        if status != "ok" and not completion_tokens:
+            cost = 0  # nothing delivered, nothing owed
+        else:
+            cost = cost_of(self.prompt_tokens, completion_tokens, self.offer.input_price, self.offer.output_price)
+        claim = self.host_usage or {}
+        latency = int((time.monotonic() - self.started) * 1000)
+        ttft = int((self.first_token_at - self.started) * 1000) if self.first_token_at else None
+        charged = self.gw.sql(FINISH_SQL, (
+            self.request_id, self.req.endpoint, status, self.req.stream, http_status, self.prompt_tokens,
+            completion_tokens, _int(claim.get("prompt_tokens")), _int(claim.get("completion_tokens")), cost,
+            self.gw.fee_bps, latency, ttft, self.route.host_id if self.route else None, self.key.user_id,
+            self.key.id, self.offer.id, self.offer.input_price, self.offer.output_price))[0]
+        self.gw.limiter.correct_tokens(self.limits, self.prompt_tokens + completion_tokens - self.reserved_tokens)
+        return charged
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def admit(endpoint: str) -> Call:
+    """Everything before a host is chosen; raises ApiError with the status a client should see."""
+    gw = gateway()
+    key: KeyInfo = g.api_key
+    req = admission.parse(request.get_data(cache=False), endpoint, max_messages=gw.max_messages,
+                          max_choices=gw.max_choices)
+    offer = gw.routing.model(req.model)
+    if offer is None:
+        raise ApiError(404, f"The model '{req.model}' does not exist or you do not have access to it.",
+                       param="model", code="model_not_found")
+    if not key.allows(offer.hf_id):
+        raise ApiError(403, f"This API key is not allowed to use the model '{offer.hf_id}'.", param="model",
+                       code="model_not_allowed")
+    tokenizer = gw.meter.for_model(offer.hf_id)
+    try:
+        if endpoint == "chat":
+            prompt_tokens = tokenizer.count_chat(req.body["messages"], req.body.get("tools"))
+        else:
+            prompt = req.body["prompt"]
+            prompt_tokens = tokenizer.count_prompt(prompt if isinstance(prompt, str) else prompt[0])
+    except Exception:
+        raise ApiError(400, "The messages could not be rendered with this model's chat template.",
+                       param="messages", code="invalid_messages") from None
+    room = offer.context_length - prompt_tokens
+    wanted = req.max_tokens or 1
+    if room < wanted:
+        raise ApiError(400, f"This model's maximum context length is {offer.context_length} tokens. However, you "
+                            f"requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, {wanted} "
+                            "for the completion). Please reduce the length of the prompt or the completion.",
+                       param="messages" if endpoint == "chat" else "prompt", code="context_length_exceeded")
+    rpm = key.requests_per_minute or gw.default_rpm
+    tpm = key.tokens_per_minute or gw.default_tpm
+    limits = gw.limiter.admit(key.id, rpm, tpm, prompt_tokens + (req.max_tokens or 0) * req.n)
+    if not limits.allowed:
+        what = "requests" if limits.refused_by == "requests" else "tokens"
+        raise ApiError(429, f"Rate limit reached for {what} per minute on this API key. Try again in "
+                            f"{max(1, round(limits.reset_seconds))}s.", code="rate_limit_exceeded",
+                       headers={**limits.headers(), "Retry-After": str(max(1, round(limits.reset_seconds)))})
+    return Call(gw=gw, key=key, req=req, offer=offer, prompt_tokens=prompt_tokens, limits=limits)
+
+
+def complete(endpoint: str):
+    """``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+    call = admit(endpoint)
+    candidates = call.gw.routing.candidates(call.offer)
+    if not candidates:
+        call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
+        raise ApiError(503, f"No host is serving '{call.offer.hf_id}' right now. Try again shortly.",
+                       code="no_host_available", headers={**call.headers(), "Retry-After": NO_HOST_RETRY_AFTER})
+    call.hold()
+    try:
+        return _forward(call, candidates[:call.gw.max_attempts])
+    except ApiError as error:
+        if not call.settled:
+            call.finish("failed" if error.status >= 500 else "rejected", error.status, 0)
+        error.headers = {**call.headers(), **error.headers}
+        raise
+    except BaseException:
+        if not call.settled:
+            call.finish("failed", 500, 0)
+        raise
+
+
+def _forward(call: Call, candidates: list[Route]):
+    gw, last_error = call.gw, None
+    path, body = PATHS[call.req.endpoint], call.upstream_body()
+    for route in candidates:
+        call.route = route
+        gw.routing.started(route)
+        try:
+            response = gw.upstream.open(route.api_base + path, body, stream=call.req.stream)
+            if not call.req.stream:
+                data = gw.upstream.read_json(response)
+                gw.routing.finished(route)
+                return _whole(call, data)
+            events = gw.upstream.events(response)
+            first = next(events)  # a failure before the first event may still go to another host
+        except HostRefused as refused:
+            gw.routing.finished(route)
+            raise ApiError(400, _host_message(refused.body), code="invalid_request") from None
+        except UpstreamError as error:
+            gw.routing.finished(route)
+            log.warning("host %s failed request %s: %s", route.host_id, call.request_id, error)
+            last_error = error
+            continue
+        except StopIteration:
+            gw.routing.finished(route)
+            last_error = UpstreamError("the host sent an empty stream")
+            continue
+        call.first_token_at = time.monotonic()
+        return Response(stream_with_context(_stream(call, first, events)), mimetype="text/event-stream",
+                        headers={**call.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    status = last_error.status if last_error else 502
+    raise ApiError(status, "The host serving this model failed. Try again." if status == 502 else
+                   "The host serving this model timed out. Try again.",
+                   code="host_failed" if status == 502 else "host_timeout")
+
+
+def _host_message(body: bytes) -> str:
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        try:
+            message = json.loads(body)["message"]
+        except (ValueError, KeyError, TypeError):
+            message = "The host refused the request."
+    return str(message)[:500]
+
+
+def _count(call: Call, texts: list[str]) -> int:
+    tokenizer = call.gw.meter.for_model(call.offer.hf_id)
+    return sum(tokenizer.count_text(text) for text in texts)
+
+
+def _whole(call: Call, data: dict):
+    call.first_token_at = time.monotonic()
+    call.host_usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+    build = normalise.chat_response if call.req.endpoint == "chat" else normalise.completion_response
+    body = build(data, response_id=call.response_id, created=call.created, model=call.offer.hf_id, counted={})
+    completion_tokens = _count(call, normalise.texts_of_response(call.req.endpoint, body["choices"]))
+    body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
+    call.finish("ok", 200, completion_tokens)
+    response = current_app.response_class(json.dumps(body), mimetype="application/json", headers=call.headers())
+    return response
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _stream(call: Call, first: bytes, events):
+    gw, endpoint = call.gw, call.req.endpoint
+    build = normalise.chat_chunk if endpoint == "chat" else normalise.completion_chunk
+    delivered: dict[int, list[str]] = {}
+    status, http_status = "client_closed", 499
+
+    def tokens_delivered() -> int:
+        return _count(call, ["".join(parts) for parts in delivered.values()])
+
+    try:
+        data = first
+        while True:
+            try:
+                upstream = json.loads(data)
+            except ValueError:
+                raise UpstreamError("the host sent an event that is not JSON", before_first_byte=False) from None
+            if not isinstance(upstream, dict):
+                raise UpstreamError("the host sent an event of the wrong shape", before_first_byte=False)
+            if "error" in upstream:
+                raise UpstreamError("the host reported an error mid-stream", before_first_byte=False)
+            if isinstance(upstream.get("usage"), dict):
+                call.host_usage = upstream["usage"]
+            if upstream.get("choices"):
+                chunk, texts = build(upstream, response_id=call.response_id, created=call.created,
+                                     model=call.offer.hf_id)
+                yield _sse(chunk)
+                for index, text in texts:
+                    delivered.setdefault(index, []).append(text)
+            try:
+                data = next(events)
+            except StopIteration:
+                break
+        completion_tokens = tokens_delivered()
+        status, http_status = "ok", 200
+        call.finish("ok", 200, completion_tokens)  # durable before the client sees the end
+        if call.req.include_usage:
+            yield _sse(normalise.usage_chunk(endpoint, response_id=call.response_id, created=call.created,
+                                             model=call.offer.hf_id,
+                                             counted=normalise.usage(call.prompt_tokens, completion_tokens)))
+        yield "data: [DONE]\n\n"
+    except UpstreamError as error:
+        status, http_status = "host_failed", error.status
+        log.warning("host %s broke stream %s: %s", call.route.host_id, call.request_id, error)
+        call.finish(status, http_status, tokens_delivered())
+        yield _sse({"error": {"message": "The host serving this request failed mid-stream.",
+                              "type": "server_error", "param": None, "code": "host_failed"}})
+    finally:
+        events.close()  # a client that went away frees the host at once
+        gw.routing.finished(call.route)
+        if not call.settled:
+            call.finish(status, http_status, tokens_delivered())

@@ -1,0 +1,155 @@
+"""What a client receives, rebuilt from what the host sent, field by field, to OpenAI's published schema.
+
+Engines add fields of their own, send ``null`` where the schema allows none,
+and report usage the router does not bill by. Only the fields below pass, and
+``usage`` is always the router's own count.
+"""
+from __future__ import annotations
+
+CHAT_FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+COMPLETION_FINISH_REASONS = {"stop", "length", "content_filter"}
+
+
+def _finish(reason, allowed: set[str], *, final: bool = True):
+    if reason is None and not final:
+        return None
+    if reason in allowed:
+        return reason
+    return "stop" if final else None
+
+
+def _string_or_none(value):
+    return value if isinstance(value, str) else None
+
+
+def _tool_calls(calls, *, chunk: bool) -> list[dict] | None:
+    if not isinstance(calls, list) or not calls:
+        return None
+    cleaned = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        item: dict = {}
+        if chunk:
+            item["index"] = call.get("index", i) if isinstance(call.get("index", i), int) else i
+        if isinstance(call.get("id"), str):
+            item["id"] = call["id"]
+        if chunk and "id" not in item and not function:
+            continue
+        item["type"] = "function"
+        fn = {}
+        if isinstance(function.get("name"), str):
+            fn["name"] = function["name"]
+        if isinstance(function.get("arguments"), str):
+            fn["arguments"] = function["arguments"]
+        if not chunk:
+            fn.setdefault("name", "")
+            fn.setdefault("arguments", "")
+            item.setdefault("id", f"call_{i}")
+        item["function"] = fn
+        cleaned.append(item)
+    return cleaned or None
+
+
+def _logprobs(value):
+    return value if isinstance(value, dict) else None
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_response(upstream: dict, *, response_id: str, created: int, model: str, counted: dict) -> dict:
+    choices = []
+    for i, choice in enumerate(upstream.get("choices") or []):
+        if not isinstance(choice, dict):
+            continue
+        source = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        message = {"role": "assistant", "content": _string_or_none(source.get("content")),
+                   "refusal": _string_or_none(source.get("refusal"))}
+        calls = _tool_calls(source.get("tool_calls"), chunk=False)
+        if calls:
+            message["tool_calls"] = calls
+        choices.append({"index": choice.get("index", i) if isinstance(choice.get("index"), int) else i,
+                        "message": message, "logprobs": _logprobs(choice.get("logprobs")),
+                        "finish_reason": _finish(choice.get("finish_reason"), CHAT_FINISH_REASONS)})
+    return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
+            "choices": choices, "usage": counted}
+
+
+def completion_response(upstream: dict, *, response_id: str, created: int, model: str, counted: dict) -> dict:
+    choices = []
+    for i, choice in enumerate(upstream.get("choices") or []):
+        if not isinstance(choice, dict):
+            continue
+        choices.append({"index": choice.get("index", i) if isinstance(choice.get("index"), int) else i,
+                        "text": _string_or_none(choice.get("text")) or "",
+                        "logprobs": _logprobs(choice.get("logprobs")),
+                        "finish_reason": _finish(choice.get("finish_reason"), COMPLETION_FINISH_REASONS)})
+    return {"id": response_id, "object": "text_completion", "created": created, "model": model,
+            "choices": choices, "usage": counted}
+
+
+def chat_chunk(upstream: dict, *, response_id: str, created: int, model: str) -> tuple[dict, list[tuple[int, str]]]:
+    """A stream chunk, and the (choice index, text) it delivers."""
+    choices, texts = [], []
+    for i, choice in enumerate(upstream.get("choices") or []):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", i) if isinstance(choice.get("index"), int) else i
+        source = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta: dict = {}
+        if source.get("role") == "assistant":
+            delta["role"] = "assistant"
+        content = _string_or_none(source.get("content"))
+        if content is not None:
+            delta["content"] = content
+            texts.append((index, content))
+        refusal = _string_or_none(source.get("refusal"))
+        if refusal is not None:
+            delta["refusal"] = refusal
+        calls = _tool_calls(source.get("tool_calls"), chunk=True)
+        if calls:
+            delta["tool_calls"] = calls
+            texts += [(index, c["function"].get("arguments", "")) for c in calls]
+        choices.append({"index": index, "delta": delta, "logprobs": _logprobs(choice.get("logprobs")),
+                        "finish_reason": _finish(choice.get("finish_reason"), CHAT_FINISH_REASONS, final=False)})
+    return ({"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model,
+             "choices": choices}, texts)
+
+
+def completion_chunk(upstream: dict, *, response_id: str, created: int,
+                     model: str) -> tuple[dict, list[tuple[int, str]]]:
+    choices, texts = [], []
+    for i, choice in enumerate(upstream.get("choices") or []):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", i) if isinstance(choice.get("index"), int) else i
+        text = _string_or_none(choice.get("text")) or ""
+        texts.append((index, text))
+        choices.append({"index": index, "text": text, "logprobs": _logprobs(choice.get("logprobs")),
+                        "finish_reason": _finish(choice.get("finish_reason"), COMPLETION_FINISH_REASONS,
+                                                 final=False)})
+    return ({"id": response_id, "object": "text_completion", "created": created, "model": model,
+             "choices": choices}, texts)
+
+
+def usage_chunk(endpoint: str, *, response_id: str, created: int, model: str, counted: dict) -> dict:
+    return {"id": response_id, "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
+            "created": created, "model": model, "choices": [], "usage": counted}
+
+
+def texts_of_response(endpoint: str, upstream_choices: list[dict]) -> list[str]:
+    """The generated text of each choice of a normalised response, tool call arguments included."""
+    texts = []
+    for choice in upstream_choices:
+        if endpoint == "chat":
+            message = choice["message"]
+            parts = [message.get("content") or ""]
+            parts += [c["function"].get("arguments", "") for c in message.get("tool_calls", [])]
+            texts.append("".join(parts))
+        else:
+            texts.append(choice["text"])
+    return texts

@@ -1,0 +1,109 @@
+"""Which host serves a request: approved, enabled and healthy hosts that offer the model.
+
+Each router process keeps the routing table in memory and reloads it from
+PostgreSQL every ``ROUTING_REFRESH_SECONDS``. Round-robin is per process;
+least-outstanding counts in-flight requests per host in Redis, shared by all
+router processes.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+ROUTES_SQL = text("""
+    SELECT hm.model_id, h.id, h.owner_id, h.api_base
+    FROM host_models hm JOIN hosts h ON h.id = hm.host_id
+    WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.healthy AND h.api_base IS NOT NULL
+    ORDER BY h.id
+""")
+
+MODELS_SQL = text("""
+    SELECT id, hf_id, context_length, input_price, output_price, enabled, created_at FROM models
+""")
+
+
+@dataclass(frozen=True)
+class Route:
+    host_id: int
+    owner_id: int
+    api_base: str
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A catalog model as the request path sees it, with the price quoted now."""
+
+    id: int
+    hf_id: str
+    context_length: int
+    input_price: int
+    output_price: int
+    enabled: bool
+    created: int
+
+
+class RoutingTable:
+    def __init__(self, engine: Engine, cache: redis.Redis, refresh_seconds: float, strategy: str):
+        self._engine, self._cache = engine, cache
+        self._refresh_seconds, self._strategy = refresh_seconds, strategy
+        self._loaded_at = 0.0
+        self._routes: dict[int, list[Route]] = {}
+        self._models: dict[str, Offer] = {}
+        self._turns: dict[int, itertools.count] = {}
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self._refresh_seconds:
+            return
+        with self._lock:
+            if time.monotonic() - self._loaded_at < self._refresh_seconds:
+                return
+            with self._engine.connect() as conn:
+                models = {row.hf_id: Offer(row.id, row.hf_id, row.context_length, row.input_price,
+                                           row.output_price, row.enabled, int(row.created_at.timestamp()))
+                          for row in conn.execute(MODELS_SQL)}
+                routes: dict[int, list[Route]] = {}
+                for model_id, host_id, owner_id, api_base in conn.execute(ROUTES_SQL):
+                    routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/")))
+            self._models, self._routes = models, routes
+            self._loaded_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        self._loaded_at = 0.0
+
+    def model(self, hf_id: str) -> Offer | None:
+        self._refresh()
+        offer = self._models.get(hf_id)
+        return offer if offer is not None and offer.enabled else None
+
+    def served_models(self) -> list[Offer]:
+        """Enabled models with at least one healthy host, in catalog order."""
+        self._refresh()
+        return sorted((m for m in self._models.values() if m.enabled and self._routes.get(m.id)),
+                      key=lambda m: m.id)
+
+    def candidates(self, model: Offer) -> list[Route]:
+        """Hosts to try, best first."""
+        self._refresh()
+        routes = self._routes.get(model.id, [])
+        if len(routes) < 2:
+            return list(routes)
+        if self._strategy == "least_outstanding":
+            loads = self._cache.mget([f"inflight:{r.host_id}" for r in routes])
+            return [r for _, _, r in sorted((int(load or 0), i, r) for i, (load, r) in enumerate(zip(loads, routes)))]
+        turn = next(self._turns.setdefault(model.id, itertools.count())) % len(routes)
+        return routes[turn:] + routes[:turn]
+
+    def started(self, route: Route) -> None:
+        if self._strategy == "least_outstanding":
+            self._cache.incr(f"inflight:{route.host_id}")
+
+    def finished(self, route: Route) -> None:
+        if self._strategy == "least_outstanding":
+            self._cache.decr(f"inflight:{route.host_id}")
