@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import click
-from flask import Flask
-from flask.cli import AppGroup
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 
 from . import accounts, catalog
 
@@ -43,9 +43,65 @@ def seed_command() -> None:
     click.echo(f"Model catalog: {added} added.")
 
 
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+@with_appcontext
+def worker_command(burst: bool) -> None:
+    """Run an RQ worker; each job runs in a fresh app context."""
+    from rq import SimpleWorker
+
+    import jobs
+
+    app = current_app._get_current_object()
+
+    class AppWorker(SimpleWorker):
+        def perform_job(self, job, queue):
+            with app.app_context():
+                return super().perform_job(job, queue)
+
+    worker = AppWorker([jobs.queue(name) for name in jobs.QUEUES], connection=app.extensions["redis"])
+    worker.work(burst=burst, with_scheduler=False)
+
+
+@click.command("scheduler")
+@with_appcontext
+def scheduler_command() -> None:
+    """Enqueue the periodic jobs (health checks, the hold sweeper) on their schedule."""
+    from rq.cron import CronScheduler
+
+    import jobs
+
+    scheduler = CronScheduler(connection=current_app.extensions["redis"], name="gpushare")
+    for job in jobs.periodic():
+        scheduler.register(job.func, jobs.DEFAULT_QUEUE, interval=job.every_seconds,
+                           job_timeout=job.timeout_seconds, result_ttl=600)
+    scheduler.start()
+
+
+@click.command("grant")
+@click.argument("email")
+@click.argument("dollars")
+@click.option("--memo", default="granted from the command line", show_default=True)
+@with_appcontext
+def grant_command(email: str, dollars: str, memo: str) -> None:
+    """Give a client credits (in US dollars) from the platform."""
+    import uuid
+
+    from . import ledger
+
+    user = accounts.find_user(email)
+    if user is None:
+        raise click.ClickException(f"no account with the e-mail {email}")
+    try:
+        ledger.grant(None, user, catalog.usd(dollars), memo=memo, transfer_id=f"grant:{uuid.uuid4().hex}")
+    except (ledger.LedgerError, catalog.CatalogError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Granted {catalog.format_usd(catalog.usd(dollars))} to {user.email}; "
+               f"balance {catalog.format_usd(ledger.balance(user).balance)}.")
+
+
 def register_cli(app: Flask) -> None:
     from .platform import serve_command
 
-    app.cli.add_command(admin_cli)
-    app.cli.add_command(seed_command)
-    app.cli.add_command(serve_command)
+    for command in (admin_cli, seed_command, serve_command, worker_command, scheduler_command, grant_command):
+        app.cli.add_command(command)

@@ -161,6 +161,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "MAX_MESSAGES": env_int(env, "MAX_MESSAGES", 1024, minimum=1),
         "MAX_CHOICES": env_int(env, "MAX_CHOICES", 8, minimum=1, maximum=128),
         "TOKENIZERS_DIR": str(Path(env_str(env, "GPUSHARE_TOKENIZERS_DIR", str(data_dir / "tokenizers"))).resolve()),
+        "HEALTH_CHECK_SECONDS": env_int(env, "HEALTH_CHECK_SECONDS", 30, minimum=1, maximum=3600),
         "HEALTH_FAILURES_TO_UNHEALTHY": env_int(env, "HEALTH_FAILURES_TO_UNHEALTHY", 2, minimum=1),
         "HEALTH_SUCCESSES_TO_HEALTHY": env_int(env, "HEALTH_SUCCESSES_TO_HEALTHY", 2, minimum=1),
         "MAX_CONTENT_LENGTH": env_int(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),

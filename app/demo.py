@@ -6,12 +6,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import accounts, api_keys
+from . import accounts, api_keys, ledger
 from .extensions import db
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
 DEMO_CLIENT_EMAIL = "demo@gpushare.localhost"
 DEMO_KEY_NAME = "demo"
+DEMO_CREDITS = 5_000_000  # $5
 
 
 @dataclass
@@ -62,6 +63,7 @@ def ensure_demo(data_dir: Path, base_url: str) -> Demo:
     secret = previous.get("OPENAI_API_KEY", "")
     if api_keys.authenticate(secret) is None:
         _, secret = api_keys.create_key(client, DEMO_KEY_NAME)
+    ledger.grant(None, client, DEMO_CREDITS, memo="demo credits", transfer_id="demo:credits")  # once
     db.session.commit()
     demo = Demo(base_url=base_url, api_key=secret, admin_email=DEMO_ADMIN_EMAIL, admin_password=admin_password,
                 client_email=DEMO_CLIENT_EMAIL, client_password=client_password)

@@ -122,9 +122,14 @@ def serve_command(host: str, port: int, workers: int) -> None:
         click.echo(f"Model catalog: {catalog.seed()} models added.")
         info = demo.ensure_demo(data_dir, f"{public}/v1")
         click.echo(f"Starting the web app on {public} ({workers} gevent workers)...")
-        web = subprocess.Popen(_gunicorn_command(host, port, workers), env=_child_env(), cwd=ROOT,
+        env = _child_env()
+        web = subprocess.Popen(_gunicorn_command(host, port, workers), env=env, cwd=ROOT,
                                preexec_fn=_detach_from_terminal)
         children.append(web)
+        for command in ("worker", "scheduler"):
+            click.echo(f"Starting the RQ {command}...")
+            children.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", command], env=env,
+                                             cwd=ROOT, preexec_fn=_detach_from_terminal))
         _wait_ready(f"{public}/healthz", web)
         click.echo(_banner(info, data_dir / "demo.env", public))
         while all(child.poll() is None for child in children):

@@ -1,5 +1,43 @@
-"""Background work run by RQ workers: health checks, pricing, settlement, payouts.
+"""Background work run by RQ: health checks of hosts, and the sweeper that voids stale holds.
 
-Jobs are plain functions; the registry (queue names, the connection, the
-periodic schedule) lives beside them and workers start through ``flask``.
+Jobs are plain functions that run inside the Flask app's context and return
+what they did, so a test calls them directly. This module is the registry:
+queue names, how to enqueue, and the periodic schedule that ``flask
+scheduler`` keeps (each periodic job is safe to run twice).
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from flask import current_app
+from rq import Queue
+
+DEFAULT_QUEUE = "default"
+QUEUES = (DEFAULT_QUEUE,)
+
+
+def queue(name: str = DEFAULT_QUEUE) -> Queue:
+    return Queue(name, connection=current_app.extensions["redis"])
+
+
+def enqueue(func: Callable, *args, queue_name: str = DEFAULT_QUEUE, **kwargs):
+    """Enqueue after the commit that made the work necessary, never before."""
+    return queue(queue_name).enqueue(func, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Periodic:
+    func: Callable
+    every_seconds: int
+    timeout_seconds: int
+
+
+def periodic() -> list[Periodic]:
+    from . import health, holds
+
+    config = current_app.config
+    return [
+        Periodic(health.check_hosts, config["HEALTH_CHECK_SECONDS"], timeout_seconds=120),
+        Periodic(holds.void_expired, 60, timeout_seconds=60),
+    ]

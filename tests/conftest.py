@@ -74,11 +74,13 @@ class Client(FlaskClient):
 def app(servers, tmp_path_factory):
     from flask_migrate import upgrade
 
+    data_dir = tmp_path_factory.mktemp("data")
     app = create_app({
         "TESTING": True,
         "GPUSHARE_ENV": "test",
         "SECRET_KEY": "test-secret-key-that-is-long-enough-for-anything",
-        "GPUSHARE_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "GPUSHARE_DATA_DIR": str(data_dir),
+        "TOKENIZERS_DIR": str(data_dir / "tokenizers"),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(servers["database"]),
         "REDIS_URL": servers["redis"],
         "UPSTREAM_FIRST_TOKEN_TIMEOUT": 5,

@@ -32,14 +32,14 @@ def load_user(user_id: str) -> User | None:
 
 
 def register_web(app: Flask) -> None:
-    from . import admin, auth, hosts, keys, pages
+    from . import admin, auth, hosts, keys, pages, usage
 
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Log in to see that page."
     login_manager.login_message_category = "info"
     login_manager.session_protection = "strong"
 
-    for module in (pages, auth, keys, hosts, admin):
+    for module in (pages, auth, keys, usage, hosts, admin):
         app.register_blueprint(module.bp)
 
     app.add_template_filter(format_usd, "usd")

@@ -1,15 +1,17 @@
 """Admin pages: the model catalog, host invites, people and the audit log."""
 from __future__ import annotations
 
+import uuid
+
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
-from .. import accounts, catalog
+from .. import accounts, catalog, ledger
 from ..extensions import db
-from ..models import AuditEvent, Host, Invite, User
+from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, User
 from . import flash_error, role_required
-from .forms import CatalogModelForm, InviteForm
+from .forms import CatalogModelForm, GrantForm, InviteForm
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -93,7 +95,32 @@ def invites():
 @bp.get("/people")
 def people():
     users = db.session.scalars(select(User).order_by(User.id)).all()
-    return render_template("admin/people.html", users=users)
+    balances = dict(db.session.execute(select(LedgerAccount.user_id, LedgerAccount.balance)
+                                       .where(LedgerAccount.kind == "client")).all())
+    return render_template("admin/people.html", users=users, balances=balances)
+
+
+@bp.route("/credits", methods=["GET", "POST"])
+def credits():
+    """Give a client credits from the platform: promotions, support, trials."""
+    form = GrantForm()
+    if form.validate_on_submit():
+        user = accounts.find_user(form.email.data)
+        try:
+            if user is None or not user.is_client:
+                raise ledger.LedgerError("No client account has that e-mail address.")
+            ledger.grant(current_user, user, catalog.usd(form.amount.data), memo=form.memo.data,
+                         transfer_id=f"grant:{form.idempotency_key.data}")
+        except (ledger.LedgerError, catalog.CatalogError) as exc:
+            flash_error(str(exc))
+        else:
+            flash(f"Granted {catalog.format_usd(catalog.usd(form.amount.data))} to {user.email}.", "success")
+            return redirect(url_for("admin.credits"))
+    if not form.is_submitted():
+        form.idempotency_key.data = uuid.uuid4().hex
+    grants = db.session.scalars(select(LedgerTransfer).where(LedgerTransfer.kind == "grant")
+                                .order_by(LedgerTransfer.created_at.desc()).limit(50)).all()
+    return render_template("admin/credits.html", form=form, grants=grants), 400 if form.is_submitted() else 200
 
 
 @bp.get("/audit")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import (BooleanField, IntegerField, PasswordField, SelectMultipleField, StringField, TextAreaField,
+from wtforms import (BooleanField, HiddenField, IntegerField, PasswordField, SelectMultipleField, StringField, TextAreaField,
                      URLField)
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange, Optional
 
@@ -67,3 +67,10 @@ class CatalogModelForm(FlaskForm):
 
     PRICE_FIELDS = ("reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
                     "ceiling_input_price", "ceiling_output_price", "input_price", "output_price")
+
+
+class GrantForm(FlaskForm):
+    email = StringField("Client e-mail", validators=[DataRequired(), Length(max=254)])
+    amount = StringField("Amount in USD", validators=[DataRequired(), Length(max=20)])
+    memo = StringField("Why (shown in the ledger)", validators=[DataRequired(), Length(max=200)])
+    idempotency_key = HiddenField(validators=[DataRequired(), Length(min=16, max=64)])  # a double submit grants once

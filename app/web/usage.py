@@ -1,0 +1,21 @@
+"""The client's usage page: balance, totals per key and model, and every request, page by page."""
+from __future__ import annotations
+
+from flask import Blueprint, render_template, request
+from flask_login import current_user
+
+from .. import ledger, usage
+from . import role_required
+
+bp = Blueprint("usage", __name__, url_prefix="/usage")
+
+
+@bp.get("")
+@role_required("client")
+def index():
+    page = max(request.args.get("page", 1, type=int), 1)
+    rows, more = usage.recent(current_user, page)
+    if request.htmx:
+        return render_template("usage/_requests.html", rows=rows, page=page, more=more)
+    return render_template("usage/index.html", account=ledger.balance(current_user), totals=usage.totals(current_user),
+                           groups=usage.by_key_and_model(current_user), rows=rows, page=page, more=more)
