@@ -83,8 +83,8 @@ def app(servers, tmp_path_factory):
         "TOKENIZERS_DIR": str(data_dir / "tokenizers"),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(servers["database"]),
         "REDIS_URL": servers["redis"],
-        "UPSTREAM_FIRST_TOKEN_TIMEOUT": 5,
-        "UPSTREAM_CHUNK_TIMEOUT": 2,
+        "UPSTREAM_FIRST_TOKEN_TIMEOUT": 60,
+        "UPSTREAM_CHUNK_TIMEOUT": 20,
     })
     app.test_client_class = Client
     with app.app_context():
@@ -173,3 +173,16 @@ def live_server(app):
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def short_timeouts(app):
+    """First-token and between-chunk timeouts of a few seconds, for tests of hosts that stall."""
+    from app.proxy.gateway import gateway
+
+    with app.app_context():
+        upstream = gateway().upstream
+    saved = upstream.first_token_timeout, upstream.chunk_timeout
+    upstream.first_token_timeout, upstream.chunk_timeout = 3, 2
+    yield
+    upstream.first_token_timeout, upstream.chunk_timeout = saved

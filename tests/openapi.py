@@ -9,6 +9,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+# shared/ lies beside the repository, in development and in CI alike.
 SPEC = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "openai-openapi.yaml"
 
 

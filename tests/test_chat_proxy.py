@@ -145,8 +145,8 @@ def test_it_retries_another_host_when_one_fails_before_the_first_byte(sdk, peopl
     ("stall_first", 504, openai.InternalServerError),
     ("garbage", 502, openai.InternalServerError),
 ])
-def test_it_costs_nothing_when_every_host_fails_before_the_first_byte(sdk, people, client_key, mode, status,
-                                                                       exception):
+def test_it_costs_nothing_when_every_host_fails_before_the_first_byte(sdk, people, client_key, short_timeouts, mode,
+                                                                       status, exception):
     with FakeHost(mode) as host:
         make_host(people.bob, [MODEL], api_base=host.api_base)
         price()
@@ -163,7 +163,8 @@ def test_it_costs_nothing_when_every_host_fails_before_the_first_byte(sdk, peopl
 
 
 @pytest.mark.parametrize("mode", ["die_midstream", "stall", "garbage", "huge_line"])
-def test_it_ends_a_broken_stream_with_an_error_and_charges_what_was_delivered(sdk, people, client_key, mode):
+def test_it_ends_a_broken_stream_with_an_error_and_charges_what_was_delivered(sdk, people, client_key,
+                                                                              short_timeouts, mode):
     with FakeHost(mode) as host:
         make_host(people.bob, [MODEL], api_base=host.api_base)
         price()

@@ -281,12 +281,20 @@ def _count(call: Call, texts: list[str]) -> int:
     return sum(tokenizer.count_text(text) for text in texts)
 
 
+def _ended_on_eos(choice) -> bool:
+    """The engine stopped on the model's end-of-sequence token, which it generated but leaves out of the text.
+
+    vLLM names the stop string or token id in ``stop_reason`` when one ended the choice; none means eos."""
+    return isinstance(choice, dict) and choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None
+
+
 def _whole(call: Call, data: dict):
     call.first_token_at = time.monotonic()
     call.host_usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
     build = normalise.chat_response if call.req.endpoint == "chat" else normalise.completion_response
     body = build(data, response_id=call.response_id, created=call.created, model=call.offer.hf_id, counted={})
     completion_tokens = _count(call, normalise.texts_of_response(call.req.endpoint, body["choices"]))
+    completion_tokens += sum(map(_ended_on_eos, data.get("choices") or []))
     body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
     call.finish("ok", 200, completion_tokens)
     response = current_app.response_class(json.dumps(body), mimetype="application/json", headers=call.headers())
@@ -301,10 +309,11 @@ def _stream(call: Call, first: bytes, events):
     gw, endpoint = call.gw, call.req.endpoint
     build = normalise.chat_chunk if endpoint == "chat" else normalise.completion_chunk
     delivered: dict[int, list[str]] = {}
+    ended_on_eos: set[int] = set()
     status, http_status = "client_closed", 499
 
     def tokens_delivered() -> int:
-        return _count(call, ["".join(parts) for parts in delivered.values()])
+        return _count(call, ["".join(parts) for parts in delivered.values()]) + len(ended_on_eos)
 
     try:
         data = first
@@ -320,6 +329,7 @@ def _stream(call: Call, first: bytes, events):
             if isinstance(upstream.get("usage"), dict):
                 call.host_usage = upstream["usage"]
             if upstream.get("choices"):
+                ended_on_eos.update(c.get("index", 0) for c in upstream["choices"] if _ended_on_eos(c))
                 chunk, texts = build(upstream, response_id=call.response_id, created=call.created,
                                      model=call.offer.hf_id)
                 yield _sse(chunk)

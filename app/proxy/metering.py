@@ -84,6 +84,11 @@ class Meter:
         self._jinja.globals["raise_exception"] = _raise
         self._jinja.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
 
+    def forget(self) -> None:
+        """Load tokenizers afresh on next use (after a model's files were installed or replaced)."""
+        with self._lock:
+            self._models.clear()
+
     def for_model(self, model_id: str) -> ModelTokenizer:
         found = self._models.get(model_id)
         if found is None:

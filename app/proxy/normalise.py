@@ -56,6 +56,13 @@ def _logprobs(value):
     return value if isinstance(value, dict) else None
 
 
+def _chat_logprobs(value):
+    """Chat logprobs carry both ``content`` and ``refusal`` lists (or null); engines often leave one out."""
+    if not isinstance(value, dict):
+        return None
+    return {part: value[part] if isinstance(value.get(part), list) else None for part in ("content", "refusal")}
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
@@ -73,7 +80,7 @@ def chat_response(upstream: dict, *, response_id: str, created: int, model: str,
         if calls:
             message["tool_calls"] = calls
         choices.append({"index": choice.get("index", i) if isinstance(choice.get("index"), int) else i,
-                        "message": message, "logprobs": _logprobs(choice.get("logprobs")),
+                        "message": message, "logprobs": _chat_logprobs(choice.get("logprobs")),
                         "finish_reason": _finish(choice.get("finish_reason"), CHAT_FINISH_REASONS)})
     return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
             "choices": choices, "usage": counted}
@@ -114,7 +121,7 @@ def chat_chunk(upstream: dict, *, response_id: str, created: int, model: str) ->
         if calls:
             delta["tool_calls"] = calls
             texts += [(index, c["function"].get("arguments", "")) for c in calls]
-        choices.append({"index": index, "delta": delta, "logprobs": _logprobs(choice.get("logprobs")),
+        choices.append({"index": index, "delta": delta, "logprobs": _chat_logprobs(choice.get("logprobs")),
                         "finish_reason": _finish(choice.get("finish_reason"), CHAT_FINISH_REASONS, final=False)})
     return ({"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model,
              "choices": choices}, texts)

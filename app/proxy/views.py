@@ -29,8 +29,8 @@ def authenticate_key():
         raise ApiError(401, "The Authorization header must be 'Bearer YOUR_KEY'.", code="invalid_api_key")
     key = api_keys.authenticate(secret.strip())
     # The request path uses its own short transactions: a session must not hold a pooled connection
-    # for the length of a stream.
-    db.session.close()
+    # for the length of a stream. Rollback ends the key lookup's read and gives the connection back.
+    db.session.rollback()
     if key is None:
         # Never echo the key: a client's logs end up in bug reports.
         raise ApiError(401, "Incorrect API key provided. Create or check your keys on the API keys page.",
