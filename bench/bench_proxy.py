@@ -6,7 +6,8 @@ in production (gunicorn, 2 gevent workers), then drives both with
 bench/load.py at 1, 16, 64 and 256 concurrent clients. Auth, rate limits,
 holds, routing, metering and settlement are all on. Prints a table and JSON:
 requests/s, p50/p99 latency, time to first byte, and the router processes'
-CPU milliseconds per request (user + system, workers and master).
+CPU milliseconds per request (user + system, workers and master, less what
+the same processes spend when idle, measured first).
 
     .venv/bin/python bench/bench_proxy.py [--concurrency 1 16 64 256] [--requests 400] [--vllm]
 
@@ -158,6 +159,10 @@ def main() -> None:
             children.append(router)
             wait_http(f"http://127.0.0.1:{router_port}/healthz")
             proc = psutil.Process(router.pid)
+            idle_before, idle_started = router_cpu(proc), time.monotonic()
+            time.sleep(10)
+            idle_rate = (router_cpu(proc) - idle_before) / (time.monotonic() - idle_started)  # CPU s per s, idle
+            print(f"router processes idle: {idle_rate * 1000:.2f} ms of CPU per second (subtracted below)")
             rows = []
             scenarios = [("non-streamed", False, "fast"), ("stream 50 chunks", True, "fast"),
                          ("stream 50 chunks, 20 ms apart", True, "gap")]
@@ -172,10 +177,11 @@ def main() -> None:
                     count = max(args.requests, 4 * concurrency)
                     if upstream == "gap":
                         count = max(concurrency * 2, min(count, 200))
-                    before = router_cpu(proc)
+                    before, started = router_cpu(proc), time.monotonic()
                     result = run_load(f"http://127.0.0.1:{router_port}/v1/chat/completions", key, concurrency,
                                       count, stream)
-                    cpu_ms = (router_cpu(proc) - before) * 1000 / max(1, len(result["latencies"]))
+                    busy = router_cpu(proc) - before - idle_rate * (time.monotonic() - started)
+                    cpu_ms = busy * 1000 / max(1, len(result["latencies"]))
                     rows.append(summarise(name, "proxy", concurrency, result, cpu_ms))
                     direct = run_load(f"http://127.0.0.1:{ports[upstream]}/v1/chat/completions", key, concurrency,
                                       count, stream)

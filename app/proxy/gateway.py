@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import psycopg
+from sqlalchemy import create_engine
 from flask import Flask, Response, current_app, g, request, stream_with_context
 
 from ..api_keys import KeyInfo
@@ -57,24 +58,25 @@ class Gateway:
         self.default_tpm = config["RATE_LIMIT_TOKENS_PER_MINUTE"]
         self.max_messages = config["MAX_MESSAGES"]
         self.max_choices = config["MAX_CHOICES"]
+        # The request path's own connections, in autocommit and never reset on return: one round trip
+        # per statement.
+        self.pool = create_engine(db.engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                                  pool_size=config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_size", 5),
+                                  max_overflow=20, pool_recycle=300)
 
     def sql(self, statement: str, params: tuple):
-        """One statement in its own transaction on a pooled connection; retried once on a dropped connection."""
+        """One statement, its own transaction, one round trip: the pool's connections are in autocommit.
+        Retried once on a connection that died (each statement is idempotent by request id)."""
         for attempt in (1, 2):
-            conn = db.engine.raw_connection()
+            conn = self.pool.raw_connection()
             try:
                 cursor = conn.cursor()
                 cursor.execute(statement, params)
-                row = cursor.fetchone()
-                conn.commit()
-                return row
+                return cursor.fetchone()
             except psycopg.OperationalError:
                 conn.invalidate()
                 if attempt == 2:
                     raise
-            except Exception:
-                conn.rollback()
-                raise
             finally:
                 conn.close()
 
