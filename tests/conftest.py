@@ -92,6 +92,8 @@ def app(servers, tmp_path_factory):
     yield app
     with app.app_context():
         db.engine.dispose()
+    if "gateway" in app.extensions:
+        app.extensions["gateway"].close()
     app.extensions["redis"].close()
 
 

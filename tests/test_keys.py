@@ -88,6 +88,7 @@ def test_it_revokes_for_every_router_process(app, people):
     assert other_client.get("/v1/models", headers=bearer(secret)).status_code == 401
     with other.app_context():
         db.engine.dispose()
+    other.extensions["gateway"].close()
     other.extensions["redis"].close()
 
 

@@ -64,6 +64,11 @@ class Gateway:
                                   pool_size=config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_size", 5),
                                   max_overflow=20, pool_recycle=300)
 
+    def close(self) -> None:
+        """Give back every connection (at shutdown)."""
+        self.pool.dispose()
+        self.upstream.pool.clear()
+
     def sql(self, statement: str, params: tuple):
         """One statement, its own transaction, one round trip: the pool's connections are in autocommit.
         Retried once on a connection that died (each statement is idempotent by request id)."""
