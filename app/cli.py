@@ -60,7 +60,7 @@ def worker_command(burst: bool) -> None:
                 return super().perform_job(job, queue)
 
     worker = AppWorker([jobs.queue(name) for name in jobs.QUEUES], connection=app.extensions["redis"])
-    worker.work(burst=burst, with_scheduler=False)
+    worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
 
 
 @click.command("scheduler")

@@ -38,6 +38,10 @@ MAKE_VENV_SCRIPT = REPO_ROOT / "scripts" / "make-engine-venv.sh"
 MAKE_VENV_HINT = "run scripts/make-engine-venv.sh"
 KV_CACHE_BYTES = 64 * 1024 * 1024
 MAX_MODEL_LEN = 2048
+# Each model served with the context length the catalog promises clients (a request the router admits must
+# fit), and a KV cache that holds at least one sequence that long.
+CONTEXT_LENGTHS = {"tiny-chat": 2048, "smollm2": 8192}
+KV_CACHE_SIZES = {"tiny-chat": KV_CACHE_BYTES, "smollm2": 256 * 1024 * 1024}
 
 
 class EngineError(RuntimeError):
@@ -310,8 +314,9 @@ def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", p
     python = engine_python(venv)
     data = Path(data_dir).resolve()
     model_dir = ensure_model(model, data / "models", python=python, data_dir=data)
+    sizing = {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": KV_CACHE_SIZES[model]} | engine_args
     return Engine(python, model_dir, served_name or SERVED_NAMES[model], data_dir=data,
-                  host=host, port=port, **engine_args).start()
+                  host=host, port=port, **sizing).start()
 
 
 def main(argv: list[str] | None = None) -> int:
