@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g, request
 
 from .. import api_keys
+from ..catalog import format_usd
 from ..extensions import db
 from .errors import ApiError, openai_error
 from .gateway import complete, gateway
@@ -39,7 +40,11 @@ def authenticate_key():
 
 
 def _model_object(offer) -> dict:
-    return {"id": offer.hf_id, "object": "model", "created": offer.created, "owned_by": OWNED_BY}
+    """OpenAI's model object, plus what a marketplace client chooses by: the context and the price now."""
+    return {"id": offer.hf_id, "object": "model", "created": offer.created, "owned_by": OWNED_BY,
+            "context_length": offer.context_length,
+            "pricing": {"currency": "USD", "input_per_million_tokens": format_usd(offer.input_price)[1:],
+                        "output_per_million_tokens": format_usd(offer.output_price)[1:]}}
 
 
 @bp.get("/models")
