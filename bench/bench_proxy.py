@@ -175,8 +175,8 @@ def main() -> None:
                 run_load(f"http://127.0.0.1:{router_port}/v1/chat/completions", key, 4, 40, stream)  # warm up
                 for concurrency in args.concurrency:
                     count = max(args.requests, 4 * concurrency)
-                    if upstream == "gap":
-                        count = max(concurrency * 2, min(count, 200))
+                    if upstream == "gap":  # a second a request: fewer of them
+                        count = max(concurrency * 2, 30)
                     before, started = router_cpu(proc), time.monotonic()
                     result = run_load(f"http://127.0.0.1:{router_port}/v1/chat/completions", key, concurrency,
                                       count, stream)

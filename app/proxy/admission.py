@@ -6,7 +6,7 @@ a host or be honoured.
 """
 from __future__ import annotations
 
-import json
+import orjson
 from dataclasses import dataclass
 
 from .errors import ApiError
@@ -74,8 +74,8 @@ def parse_json(raw: bytes) -> dict:
     except UnicodeDecodeError:
         raise _bad("The request body is not valid UTF-8.", code="invalid_encoding") from None
     try:
-        body = json.loads(text)
-    except ValueError as exc:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise _bad(f"We could not parse the JSON body of your request: {exc.msg} at position {exc.pos}.",
                    code="invalid_json") from None
     if not isinstance(body, dict):

@@ -8,7 +8,7 @@ usage; the ORM is not used here.
 """
 from __future__ import annotations
 
-import json
+import orjson
 import logging
 import time
 import uuid
@@ -147,7 +147,7 @@ class Call:
         body["max_tokens"] = self.granted
         if self.req.stream:
             body["stream_options"] = {"include_usage": True}  # the host's claim, recorded beside our count
-        return json.dumps(body).encode()
+        return orjson.dumps(body)
 
     def finish(self, status: str, http_status: int, completion_tokens: int) -> int:
         """Record usage and settle, exactly once per request. Returns the cost charged."""
@@ -274,10 +274,10 @@ def _forward(call: Call, candidates: list[Route]):
 
 def _host_message(body: bytes) -> str:
     try:
-        message = json.loads(body)["error"]["message"]
+        message = orjson.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         try:
-            message = json.loads(body)["message"]
+            message = orjson.loads(body)["message"]
         except (ValueError, KeyError, TypeError):
             message = "The host refused the request."
     return str(message)[:500]
@@ -304,12 +304,12 @@ def _whole(call: Call, data: dict):
     completion_tokens += sum(map(_ended_on_eos, data.get("choices") or []))
     body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
     call.finish("ok", 200, completion_tokens)
-    response = current_app.response_class(json.dumps(body), mimetype="application/json", headers=call.headers())
+    response = current_app.response_class(orjson.dumps(body), mimetype="application/json", headers=call.headers())
     return response
 
 
-def _sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+def _sse(payload: dict) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _stream(call: Call, first: bytes, events):
@@ -326,7 +326,7 @@ def _stream(call: Call, first: bytes, events):
         data = first
         while True:
             try:
-                upstream = json.loads(data)
+                upstream = orjson.loads(data)
             except ValueError:
                 raise UpstreamError("the host sent an event that is not JSON", before_first_byte=False) from None
             if not isinstance(upstream, dict):
@@ -353,7 +353,7 @@ def _stream(call: Call, first: bytes, events):
             yield _sse(normalise.usage_chunk(endpoint, response_id=call.response_id, created=call.created,
                                              model=call.offer.hf_id,
                                              counted=normalise.usage(call.prompt_tokens, completion_tokens)))
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
     except UpstreamError as error:
         status, http_status = "host_failed", error.status
         log.warning("host %s broke stream %s: %s", call.route.host_id, call.request_id, error)

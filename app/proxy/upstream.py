@@ -6,7 +6,7 @@ the first event of a stream) and a between-chunks timeout after that.
 """
 from __future__ import annotations
 
-import json
+import orjson
 import socket
 
 import urllib3
@@ -79,7 +79,7 @@ class Upstream:
         if len(body) > MAX_BODY_BYTES:
             raise UpstreamError("the host sent a response larger than allowed")
         try:
-            data = json.loads(body)
+            data = orjson.loads(body)
         except ValueError:
             raise UpstreamError("the host sent a response that is not JSON") from None
         if not isinstance(data, dict):
