@@ -133,10 +133,10 @@ def test_it_streams_chunks_then_usage_then_done(http):
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
     assert finishes == ["length"]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-    # One character per token, one chunk per token (an eos mid-answer would send none).
+    # One character per token (an eos mid-answer would send none); a busy engine may put several in a chunk.
     with_content = [c for c in chunks if c["choices"][0]["delta"].get("content")]
     assert 0 < len(with_content) <= 6
-    assert {len(c["choices"][0]["delta"]["content"]) for c in with_content} == {1}
+    assert 0 < sum(len(c["choices"][0]["delta"]["content"]) for c in with_content) <= 6
 
 
 def test_it_streams_without_usage_unless_asked(http):
