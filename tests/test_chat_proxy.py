@@ -1,7 +1,6 @@
 """The request path against hosts that succeed, fail, stall, lie and send garbage (tests/fakehost.py)."""
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 

@@ -1,5 +1,4 @@
 from rq import SimpleWorker
-from sqlalchemy import select
 
 import jobs
 from jobs import health, holds

@@ -1,7 +1,6 @@
 import pytest
 from sqlalchemy import select, text
 
-from app import catalog
 from app.extensions import db
 from app.models import ApiKey, AuditEvent
 

@@ -15,13 +15,13 @@ import uuid
 from dataclasses import dataclass, field
 
 import psycopg
-from sqlalchemy import create_engine
 from flask import Flask, Response, current_app, g, request, stream_with_context
+from sqlalchemy import create_engine
 
 from ..api_keys import KeyInfo
-from ..extensions import db, redis_client
+from ..extensions import db
 from . import admission, normalise
-from .errors import ApiError, openai_error
+from .errors import ApiError
 from .metering import Meter
 from .ratelimit import Decision, RateLimiter
 from .routing import Offer, Route, RoutingTable

@@ -96,7 +96,8 @@ class RoutingTable:
             return list(routes)
         if self._strategy == "least_outstanding":
             loads = self._cache.mget([f"inflight:{r.host_id}" for r in routes])
-            return [r for _, _, r in sorted((int(load or 0), i, r) for i, (load, r) in enumerate(zip(loads, routes)))]
+            ranked = sorted((int(load or 0), i) for i, load in enumerate(loads))
+            return [routes[i] for _, i in ranked]
         turn = next(self._turns.setdefault(model.id, itertools.count())) % len(routes)
         return routes[turn:] + routes[:turn]
 
