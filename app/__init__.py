@@ -45,6 +45,10 @@ def create_app(config: dict | None = None) -> Flask:
     extensions.csrf.exempt(proxy_bp)  # authenticated by API key, never by cookie
     app.register_blueprint(proxy_bp)
 
+    from .hostapi import bp as hostapi_bp
+    extensions.csrf.exempt(hostapi_bp)  # authenticated by enrollment key or host token, never by cookie
+    app.register_blueprint(hostapi_bp)
+
     from .cli import register_cli
     register_cli(app)
     return app

@@ -164,5 +164,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "HEALTH_CHECK_SECONDS": env_int(env, "HEALTH_CHECK_SECONDS", 30, minimum=1, maximum=3600),
         "HEALTH_FAILURES_TO_UNHEALTHY": env_int(env, "HEALTH_FAILURES_TO_UNHEALTHY", 2, minimum=1),
         "HEALTH_SUCCESSES_TO_HEALTHY": env_int(env, "HEALTH_SUCCESSES_TO_HEALTHY", 2, minimum=1),
+        # Hosts and the overlay (see app/hosts.py, overlay/).
+        "OVERLAY_NETWORK": env_str(env, "OVERLAY_NETWORK", "10.77.0.0/16"),
+        "ENROLLMENT_KEY_TTL_HOURS": env_int(env, "ENROLLMENT_KEY_TTL_HOURS", 24, minimum=1, maximum=24 * 30),
         "MAX_CONTENT_LENGTH": env_int(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
     }

@@ -167,12 +167,35 @@ class Host(db.Model):
     consecutive_successes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_checked_at: Mapped[datetime | None] = mapped_column(Timestamp)
     last_check_error: Mapped[str | None] = mapped_column(Text)
+    token_prefix: Mapped[str | None] = mapped_column(String(32))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    engine_port: Mapped[int | None] = mapped_column(Integer)
+    ssh_host_key: Mapped[str | None] = mapped_column(Text)
+    available: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    heartbeat: Mapped[dict] = mapped_column(JSONB, default=dict, server_default="{}")
 
     owner: Mapped[User] = relationship()
     offers: Mapped[list[HostModel]] = relationship(back_populates="host", cascade="all, delete-orphan")
 
-    __table_args__ = (CheckConstraint("status IN ('pending', 'approved', 'rejected', 'suspended')",
-                                      name="status_known"),)
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'approved', 'rejected', 'suspended')", name="status_known"),
+        CheckConstraint("engine_port IS NULL OR engine_port BETWEEN 1 AND 65535", name="engine_port_valid"),
+    )
+
+
+class EnrollmentKey(db.Model):
+    """A single-use, expiring key with which a host user registers one machine (``hostkit register``)."""
+
+    __tablename__ = "enrollment_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
 
 
 class HostModel(db.Model):

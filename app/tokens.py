@@ -17,6 +17,8 @@ CHECKSUM_LENGTH = 6
 PREFIX_SHOWN = 8
 API_KEY_PREFIX = "gpsk_"
 INVITE_PREFIX = "gpinv_"
+ENROLLMENT_PREFIX = "gpenr_"
+HOST_TOKEN_PREFIX = "gphost_"
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ def _error_page(code: int, title: str, message: str):
     def handler(error):
         if request.path.startswith("/v1/"):
             return openai_error(code, message)
+        if request.path.startswith("/api/"):
+            return {"error": message}, code
         return render_template("error.html", code=code, title=title, message=message), code
     return handler
 

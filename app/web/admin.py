@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import func, select
 
 from .. import accounts, catalog, ledger
+from .. import hosts as host_service
 from ..extensions import db
 from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, User
 from . import flash_error, role_required
-from .forms import CatalogModelForm, GrantForm, InviteForm
+from .forms import ActionForm, CatalogModelForm, GrantForm, InviteForm
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -130,3 +131,27 @@ def audit_log():
                                 .offset((page - 1) * AUDIT_PAGE_SIZE).limit(AUDIT_PAGE_SIZE + 1)).all()
     return render_template("admin/audit.html", events=events[:AUDIT_PAGE_SIZE], page=page,
                            more=len(events) > AUDIT_PAGE_SIZE)
+
+
+@bp.get("/hosts")
+def hosts_page():
+    rows = db.session.scalars(select(Host).order_by(Host.status != "pending", Host.id)).all()
+    return render_template("admin/hosts.html", hosts=rows, action_form=ActionForm())
+
+
+@bp.post("/hosts/<int:host_id>/<any(approve, reject, suspend, reinstate):change>")
+def change_host(host_id: int, change: str):
+    try:
+        host = host_service.change_status(current_user, host_id, change)
+    except host_service.HostError as exc:
+        if exc.status == 404:
+            abort(404)
+        host = db.get_or_404(Host, host_id)
+        if not request.htmx:
+            flash_error(str(exc))
+            return redirect(url_for("admin.hosts_page"))
+        return render_template("admin/_host_row.html", host=host, error=str(exc), action_form=ActionForm()), 409
+    if not request.htmx:
+        flash(f"{host.name} is {host.status}.", "success")
+        return redirect(url_for("admin.hosts_page"))
+    return render_template("admin/_host_row.html", host=host, action_form=ActionForm())
