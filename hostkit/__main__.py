@@ -1,9 +1,9 @@
 """``python -m hostkit COMMAND``: the host's CLI."""
 import sys
 
-from hostkit import check
+from hostkit import check, register
 
-COMMANDS = {"check": check.main}
+COMMANDS = {"check": check.main, "register": register.main}
 
 
 def main(argv: list[str] | None = None) -> int:
