@@ -7,10 +7,8 @@ without reloading.
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from . import factories
 
@@ -21,21 +19,7 @@ TIMEOUT_MS = 10_000
 
 
 @pytest.fixture
-def live_url(app):
-    """Base URL of the session app served by a real HTTP server on loopback."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def page(live_url):
+def page(live_server):
     """A fresh headless Chromium page; closed with its browser at teardown."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
@@ -44,7 +28,7 @@ def page(live_url):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(base_url=live_url)
+            context = browser.new_context(base_url=live_server)
             context.set_default_timeout(TIMEOUT_MS)
             page = context.new_page()
             yield page

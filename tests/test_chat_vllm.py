@@ -6,8 +6,6 @@ re-tokenized) equals vLLM's, so exact equality is asserted.
 """
 from __future__ import annotations
 
-import threading
-
 import httpx
 import openai
 import pytest
@@ -16,8 +14,8 @@ from sqlalchemy import select
 from app import ledger
 from app.extensions import db
 from app.models import UsageRecord
-from hostkit.engine import Engine, EngineError, engine_python, ensure_model
 
+from .engines import start_tiny_chat
 from .factories import give_credits, make_host, make_key
 from .openapi import errors
 
@@ -28,31 +26,11 @@ ASK = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     """Two engines serving tiny-chat, started side by side."""
+    running, model_dir = start_tiny_chat(tmp_path_factory.mktemp("engines"), count=2)
     try:
-        python = engine_python()
-    except EngineError as exc:
-        pytest.fail(f"these tests need vLLM: {exc}", pytrace=False)
-    data_dir = tmp_path_factory.mktemp("engines")
-    model_dir = ensure_model("tiny-chat", data_dir / "models", python=python, data_dir=data_dir)
-    engines = [Engine(python, model_dir, MODEL, data_dir=data_dir / f"host{i}") for i in range(2)]
-    failures = []
-
-    def start(engine):
-        try:
-            engine.start()
-        except EngineError as exc:
-            failures.append(str(exc))
-
-    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert not failures, failures
-        yield engines, model_dir
+        yield running, model_dir
     finally:
-        for engine in engines:
+        for engine in running:
             engine.stop()
 
 

@@ -21,9 +21,10 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from hostkit.engine import (REPO_ROOT, Engine, EngineError, engine_env, engine_python, ensure_model,
-                            process_group_alive)
+from hostkit.engine import (REPO_ROOT, engine_env, process_group_alive)
 from hostkit.models import TINY_SPECIAL_MARGIN
+
+from .engines import start_tiny_chat
 
 MODEL = "gpushare/tiny-chat"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -31,17 +32,7 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    try:
-        python = engine_python()
-    except EngineError as exc:
-        missing = f"the engine tests need vLLM: {exc}"
-    else:
-        missing = None
-    if missing:
-        pytest.fail(missing, pytrace=False)
-    data_dir = tmp_path_factory.mktemp("engine")
-    model_dir = ensure_model("tiny-chat", data_dir / "models", python=python, data_dir=data_dir)
-    engine = Engine(python, model_dir, MODEL, data_dir=data_dir).start()
+    [engine], _ = start_tiny_chat(tmp_path_factory.mktemp("engine"))
     yield engine
     engine.stop()
 

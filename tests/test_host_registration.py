@@ -11,7 +11,6 @@ from app import hosts as host_service
 from app.extensions import db
 from app.models import AuditEvent, EnrollmentKey, Host, utcnow
 
-from .conftest import csrf_token
 
 H100 = json.loads((Path(__file__).parent / "data" / "hostkit-check-h100.json").read_text())
 

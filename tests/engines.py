@@ -1,0 +1,39 @@
+"""Real vLLM engines serving tiny-chat for the tests: a missing engine virtualenv fails, never skips."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from hostkit.engine import Engine, EngineError, engine_python, ensure_model
+
+MODEL = "gpushare/tiny-chat"
+
+
+def start_tiny_chat(data_dir: Path, count: int = 1) -> tuple[list[Engine], Path]:
+    """``count`` started engines (side by side) and the model folder they serve."""
+    try:
+        python = engine_python()
+    except EngineError as exc:
+        pytest.fail(f"these tests need vLLM: {exc}", pytrace=False)
+    model_dir = ensure_model("tiny-chat", data_dir / "models", python=python, data_dir=data_dir)
+    engines = [Engine(python, model_dir, MODEL, data_dir=data_dir / f"engine{i}") for i in range(count)]
+    failures: list[str] = []
+
+    def start(engine: Engine) -> None:
+        try:
+            engine.start()
+        except EngineError as exc:
+            failures.append(str(exc))
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        for engine in engines:
+            engine.stop()
+        pytest.fail("\n".join(failures), pytrace=False)
+    return engines, model_dir
