@@ -34,7 +34,6 @@ class KeyInfo:
     id: int
     user_id: int
     allowed_models: tuple[str, ...] | None
-    spend_limit: int | None
     requests_per_minute: int | None = None  # None: the platform default
     tokens_per_minute: int | None = None
 
@@ -133,7 +132,6 @@ def authenticate(secret: str) -> KeyInfo | None:
         value = REVOKED
     else:
         value = json.dumps({"id": key.id, "user_id": key.user_id, "allowed_models": key.allowed_models,
-                            "spend_limit": key.spend_limit,
                             "requests_per_minute": key.requests_per_minute or key.user.requests_per_minute,
                             "tokens_per_minute": key.tokens_per_minute or key.user.tokens_per_minute})
     # NX: never overwrite a tombstone a revocation wrote after our read.
@@ -147,6 +145,6 @@ def _decode(raw: bytes | str) -> KeyInfo | None:
         return None
     data = json.loads(raw)
     allowed = data["allowed_models"]
-    return KeyInfo(id=data["id"], user_id=data["user_id"], spend_limit=data["spend_limit"],
+    return KeyInfo(id=data["id"], user_id=data["user_id"],
                    allowed_models=tuple(allowed) if allowed is not None else None,
                    requests_per_minute=data.get("requests_per_minute"), tokens_per_minute=data.get("tokens_per_minute"))

@@ -1,5 +1,3 @@
-import threading
-
 import pytest
 from sqlalchemy import select
 
@@ -7,6 +5,7 @@ from app import accounts
 from app.extensions import db
 from app.models import AuditEvent, Invite, User
 
+from .concurrency import at_once
 from .conftest import csrf_token
 from .factories import PASSWORD, expire, make_invite
 
@@ -71,12 +70,11 @@ def test_it_lets_a_client_become_a_host_from_the_account_page(client, auth, peop
 def test_it_gives_one_code_to_one_person_when_two_race(app, people):
     _, code = make_invite(people.carol)
     ids = [people.alice.id, people.mallory.id]
-    results, barrier = {}, threading.Barrier(2)
+    results = {}
 
     def redeem(user_id):
         with app.app_context():
             user = db.session.get(User, user_id)
-            barrier.wait()
             try:
                 accounts.redeem_invite(user, code)
                 results[user_id] = "host"
@@ -85,11 +83,7 @@ def test_it_gives_one_code_to_one_person_when_two_race(app, people):
             finally:
                 db.session.remove()
 
-    threads = [threading.Thread(target=redeem, args=(i,)) for i in ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(redeem, ids)
     assert sorted(results.values()) == ["That invite code has already been used. Ask an admin for a new one.", "host"]
     db.session.expire_all()
     assert sum(db.session.get(User, i).is_host for i in ids) == 1

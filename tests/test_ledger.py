@@ -1,13 +1,13 @@
 """The ledger's rules are the database's: what any code path, or a person with psql, cannot do."""
-import threading
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app import ledger
 from app.extensions import db
+from app.models import User
 
+from .concurrency import at_once
 from .factories import give_credits
 
 
@@ -65,13 +65,11 @@ def test_it_posts_a_transfer_once_however_often_it_is_sent(people, funded):
 
 
 def test_it_grants_once_when_two_grants_with_one_id_race(app, people):
-    results, barrier = [], threading.Barrier(2)
+    results = []
 
-    def grant():
+    def grant(_):
         with app.app_context():
-            from app.models import User
             user = db.session.get(User, people.alice.id)
-            barrier.wait()
             try:
                 results.append(ledger.grant(None, user, 500_000, memo="race", transfer_id="grant:race"))
             except DBAPIError:
@@ -79,11 +77,7 @@ def test_it_grants_once_when_two_grants_with_one_id_race(app, people):
             finally:
                 db.session.remove()
 
-    threads = [threading.Thread(target=grant) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(grant, range(2))
     assert sorted(map(str, results)) in (["False", "True"], ["True", "conflict"])
     assert ledger.account("client", people.alice).balance == 500_000
     assert ledger.invariants() == []

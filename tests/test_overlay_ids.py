@@ -1,5 +1,4 @@
 import base64
-import threading
 
 import pytest
 from sqlalchemy import text
@@ -7,6 +6,8 @@ from sqlalchemy import text
 from app.extensions import db
 from app.models import Host
 from overlay import identity, ipam
+
+from .concurrency import at_once
 
 
 @pytest.mark.parametrize("network, taken, expected", [
@@ -37,22 +38,17 @@ def test_it_never_gives_one_address_twice_under_concurrency(app, people):
         db.session.add(host)
         hosts.append(host)
     db.session.commit()
-    ids, barrier = [h.id for h in hosts], threading.Barrier(8)
+    ids = [h.id for h in hosts]
 
     def claim(host_id):
         with app.app_context():
-            barrier.wait()
             address = ipam.allocate(db.session, "10.77.0.0/24")
             db.session.execute(text("UPDATE hosts SET overlay_address = :a WHERE id = :id"),
                                {"a": address, "id": host_id})
             db.session.commit()
             db.session.remove()
 
-    threads = [threading.Thread(target=claim, args=(i,)) for i in ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    at_once(claim, ids)
     addresses = db.session.execute(text("SELECT host(overlay_address) FROM hosts ORDER BY 1")).scalars().all()
     assert sorted(addresses, key=lambda a: int(a.rsplit(".", 1)[1])) == [f"10.77.0.{i}" for i in range(2, 10)]
 

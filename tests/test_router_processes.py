@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,13 @@ import pytest
 
 from app import ROOT, ledger
 from app.extensions import db
+from hostkit.engine import free_port
 
 from .fakehost import FakeHost
 from .factories import give_credits, make_host, make_key
 
 MODEL = "gpushare/tiny-chat"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,11 @@ import redis
 
 from app import ROOT
 from app.demo import read_env_file
+from hostkit.engine import free_port
 
 PAGES_TIMEOUT = 60  # the promise: pages within 60 s of a warm .venv
 BANNER_TIMEOUT = 180  # then the demo host's engine (its model is built on the first run)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from flask import Blueprint, g, jsonify, request
 
 from .. import hosts
-from ..extensions import db
 
 bp = Blueprint("hostapi", __name__, url_prefix="/api/hosts")
 
@@ -54,5 +53,4 @@ def me():
 @bp.post("/heartbeat")
 def heartbeat():
     host = hosts.record_heartbeat(_authenticated(), _json_body())
-    db.session.commit()
     return jsonify(host=_host_state(host))

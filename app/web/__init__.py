@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Flask, abort, flash, redirect, render_template, request, url_for
+from flask import Flask, abort, flash, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
 
@@ -83,6 +83,3 @@ def _error_page(code: int, title: str, message: str):
 def flash_error(message: str) -> None:
     flash(message, "error")
 
-
-def back(endpoint: str, **values):
-    return redirect(url_for(endpoint, **values))
