@@ -101,7 +101,9 @@ def grant_command(email: str, dollars: str, memo: str) -> None:
 
 
 def register_cli(app: Flask) -> None:
+    from .overlay_hub import overlay_hub_command
     from .platform import serve_command
 
-    for command in (admin_cli, seed_command, serve_command, worker_command, scheduler_command, grant_command):
+    for command in (admin_cli, seed_command, serve_command, worker_command, scheduler_command, grant_command,
+                    overlay_hub_command):
         app.cli.add_command(command)

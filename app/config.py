@@ -166,6 +166,24 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "HEALTH_SUCCESSES_TO_HEALTHY": env_int(env, "HEALTH_SUCCESSES_TO_HEALTHY", 2, minimum=1),
         # Hosts and the overlay (see app/hosts.py, overlay/).
         "OVERLAY_NETWORK": env_str(env, "OVERLAY_NETWORK", "10.77.0.0/16"),
+        # wireguard: the router is a WireGuard hub (``flask overlay-hub``, as root). loopback: for a demo on one
+        # machine that cannot make interfaces; hosts get 127.x addresses and no tunnel.
+        "OVERLAY_MODE": _choice(env, "OVERLAY_MODE", "wireguard", ("wireguard", "loopback")),
+        "OVERLAY_INTERFACE": env_str(env, "OVERLAY_INTERFACE", "gpushare-hub"),
+        "OVERLAY_LISTEN_PORT": env_int(env, "OVERLAY_LISTEN_PORT", 51820, minimum=1, maximum=65535),
+        # Where hosts reach the hub (host:port); defaults to the public URL's host name and the listening port.
+        "OVERLAY_ENDPOINT": env_str(env, "OVERLAY_ENDPOINT", ""),
+        "OVERLAY_PRIVATE_KEY_FILE": env_str(env, "OVERLAY_PRIVATE_KEY_FILE", str(data_dir / "overlay" / "hub.key")),
+        "OVERLAY_RECONCILE_SECONDS": env_int(env, "OVERLAY_RECONCILE_SECONDS", 30, minimum=1, maximum=3600),
+        # Why the overlay is loopback only, when ``flask serve`` had to choose it (shown on the hosts pages).
+        "OVERLAY_NOTE": env_str(env, "OVERLAY_NOTE", ""),
+        # Remote diagnostics (app/diagnostics.py): the router runs `hostkit check --json` on a host over SSH.
+        # The platform's ed25519 client key: this file, or one made on first use in the data directory.
+        "DIAGNOSTICS_SSH_KEY_FILE": env_str(env, "DIAGNOSTICS_SSH_KEY_FILE", ""),
+        "DIAGNOSTICS_SSH_USER": env_str(env, "DIAGNOSTICS_SSH_USER", "root"),
+        "DIAGNOSTICS_SSH_PORT": env_int(env, "DIAGNOSTICS_SSH_PORT", 22, minimum=1, maximum=65535),
+        "DIAGNOSTICS_CONNECT_TIMEOUT": env_int(env, "DIAGNOSTICS_CONNECT_TIMEOUT", 10, minimum=1, maximum=120),
+        "DIAGNOSTICS_TIMEOUT_SECONDS": env_int(env, "DIAGNOSTICS_TIMEOUT_SECONDS", 90, minimum=1, maximum=600),
         "ENROLLMENT_KEY_TTL_HOURS": env_int(env, "ENROLLMENT_KEY_TTL_HOURS", 24, minimum=1, maximum=24 * 30),
         "MAX_CONTENT_LENGTH": env_int(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
     }

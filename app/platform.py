@@ -18,9 +18,11 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import ROOT, catalog, demo
+from . import ROOT, catalog, demo, demo_network
+from .extensions import db
 
 READY_TIMEOUT_SECONDS = 60
+LOOPBACK_OVERLAY = "127.77.0.0/16"
 STOP_TIMEOUT_SECONDS = 30
 
 
@@ -54,9 +56,9 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _gunicorn_command(host: str, port: int, workers: int) -> list[str]:
+def _gunicorn_command(binds: list[str], workers: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--worker-class", "gevent", "--workers", str(workers),
-            "--bind", f"{host}:{port}", "--no-control-socket", "--graceful-timeout", "20",
+            *(arg for bind in binds for arg in ("--bind", bind)), "--no-control-socket", "--graceful-timeout", "20",
             "--access-logfile", "-", "--chdir", str(ROOT), "wsgi:app"]
 
 
@@ -75,11 +77,11 @@ def _wait_ready(url: str, process: subprocess.Popen) -> None:
     raise click.ClickException(f"the web server did not answer {url} within {READY_TIMEOUT_SECONDS}s")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -109,22 +111,82 @@ def _banner(info: demo.Demo, env_path: Path, public: str, model: str | None) -> 
     ])
 
 
+def _choose_overlay() -> None:
+    """The WireGuard overlay where this machine can make interfaces; otherwise the loopback demo overlay,
+    which the children inherit and the pages show."""
+    from hostkit import wireguard
+
+    config = current_app.config
+    if config["OVERLAY_MODE"] != "wireguard":
+        return
+    can, why = wireguard.available()
+    if can:
+        return
+    click.echo(f"Overlay: loopback only ({why}); hosts on other machines cannot join this router.")
+    overrides = {"OVERLAY_MODE": "loopback", "OVERLAY_NETWORK": LOOPBACK_OVERLAY, "OVERLAY_NOTE": why}
+    os.environ.update(overrides)
+    config.update(overrides)
+
+
+def _remove_hub() -> None:
+    """The hub interface and its firewall go with the platform that made them."""
+    from hostkit import wireguard
+    from overlay import hub
+
+    wireguard.remove_rules(hub.FIREWALL_TABLE)
+    try:
+        wireguard.Interface(current_app.config["OVERLAY_INTERFACE"]).delete()
+    except wireguard.WireGuardError as error:
+        click.echo(f"could not remove the overlay interface: {error}", err=True)
+
+
+DEMO_ENGINE_PORT = 8100
+DEMO_INTERFACE = "gpushare-demo"
+DEMO_READY_TIMEOUT_SECONDS = 600
+DEMO_STOP_SECONDS = 60  # the agent lets requests in flight finish, then stops its engine
 DEMO_MODELS = {"smollm2": catalog.DEMO_MODEL, "tiny-chat": catalog.TINY_TEST_MODEL}
 
 
-def _start_demo_host(model: str, data_dir: Path):
-    """vLLM serving ``model`` on this machine, registered as an approved host."""
-    from hostkit.engine import EngineError, serve
+def _start_demo_host(model: str, data_dir: Path, router_url: str, own_machine: bool, env: dict):
+    """The demo host joins like any host: ``hostkit register`` with its owner's enrollment key, approval by
+    the seeded admin, then ``hostkit agent``, which brings up the overlay and the engine. With
+    ``own_machine`` it runs in the demo namespace, a second machine as far as the network can tell."""
+    from app.models import Host
 
-    click.echo(f"Starting the demo host: {DEMO_MODELS[model]} on vLLM (CPU); this takes about 30 s...")
-    try:
-        engine = serve(model, data_dir / "engine")
-    except EngineError as exc:
-        raise click.ClickException(f"the demo host could not start: {exc}") from None
-    click.echo(f"Demo host ready in {engine.ready_seconds:.0f}s at {engine.root_url}.")
-    demo.register_demo_host(engine.root_url, DEMO_MODELS[model], Path(engine.model_dir),
-                            Path(current_app.config["TOKENIZERS_DIR"]))
-    return engine
+    state_dir, engine_dir = data_dir / "demo-host", data_dir / "engine"
+    prefix = demo_network.command() if own_machine else []
+    hostkit = [*prefix, sys.executable, "-m", "hostkit"]
+
+    def register(key: str) -> None:
+        done = subprocess.run([*hostkit, "register", "--router", router_url, "--invite", key, "--name",
+                               demo.DEMO_HOST_NAME, "--engine-port", str(DEMO_ENGINE_PORT),
+                               "--state-dir", str(state_dir)], cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise click.ClickException(f"the demo host could not register: {done.stderr.strip()}")
+        click.echo(done.stdout.strip())
+
+    click.echo(f"Starting the demo host: {DEMO_MODELS[model]} on vLLM (CPU); this takes about a minute...")
+    started = time.monotonic()
+    host = demo.enroll_demo_host(state_dir, register)
+    host = demo.approve_demo_host(host, DEMO_MODELS[model], engine_dir / "models" / model,
+                                  Path(current_app.config["TOKENIZERS_DIR"]))
+    click.echo(f"The demo host is approved (by {demo.DEMO_ADMIN_EMAIL}) at overlay address {host.overlay_address}.")
+    agent = subprocess.Popen([*hostkit, "agent", "--state-dir", str(state_dir), "--engine", "process",
+                              "--data-dir", str(engine_dir), "--heartbeat", "2", "--interface", DEMO_INTERFACE,
+                              "--authorized-keys", str(state_dir / "authorized_keys")],
+                             cwd=ROOT, env=env, preexec_fn=_detach_from_terminal)
+    host_id, deadline = host.id, time.monotonic() + DEMO_READY_TIMEOUT_SECONDS
+    while not db.session.get(Host, host_id, populate_existing=True).healthy:
+        db.session.commit()
+        if agent.poll() is not None:
+            raise click.ClickException(f"the demo host's agent exited with status {agent.returncode}")
+        if time.monotonic() > deadline:
+            _stop(agent, DEMO_STOP_SECONDS)
+            raise click.ClickException(f"the demo host was not serving after {DEMO_READY_TIMEOUT_SECONDS}s")
+        time.sleep(0.5)
+    click.echo(f"Demo host ready in {time.monotonic() - started:.0f}s"
+               + (" (over the WireGuard overlay)." if own_machine else " (loopback overlay)."))
+    return agent
 
 
 @click.command("serve")
@@ -142,26 +204,44 @@ def serve_command(host: str, port: int, workers: int, demo_model: str) -> None:
     data_dir = Path(current_app.config["GPUSHARE_DATA_DIR"])
     public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     children: list[subprocess.Popen] = []
-    engine = None
+    agent = None
+    own_machine = False
     try:
         click.echo("Applying database migrations...")
         upgrade()
         click.echo(f"Model catalog: {catalog.seed()} models added.")
+        _choose_overlay()
+        wireguard = current_app.config["OVERLAY_MODE"] == "wireguard"
+        router_url, binds = public, [f"{host}:{port}"]
+        if wireguard and demo_model != "none":
+            # The demo host gets a machine of its own; it reaches the router and the hub on the veth address.
+            demo_network.create()
+            own_machine = True
+            router_url = f"http://{demo_network.ROUTER_ADDRESS}:{port}"
+            binds.append(f"{demo_network.ROUTER_ADDRESS}:{port}")
+            hub_port = current_app.config["OVERLAY_LISTEN_PORT"]
+            endpoint = {"OVERLAY_ENDPOINT": f"{demo_network.ROUTER_ADDRESS}:{hub_port}"}
+            os.environ.update(endpoint)
+            current_app.config.update(endpoint)
         info = demo.ensure_demo(data_dir, f"{public}/v1")
         click.echo(f"Starting the web app on {public} ({workers} gevent workers)...")
         env = _child_env()
-        web = subprocess.Popen(_gunicorn_command(host, port, workers), env=env, cwd=ROOT,
+        web = subprocess.Popen(_gunicorn_command(binds, workers), env=env, cwd=ROOT,
                                preexec_fn=_detach_from_terminal)
         children.append(web)
         for command in ("worker", "scheduler"):
             click.echo(f"Starting the RQ {command}...")
             children.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", command], env=env,
                                              cwd=ROOT, preexec_fn=_detach_from_terminal))
+        if wireguard:
+            click.echo(f"Starting the overlay hub ({current_app.config['OVERLAY_INTERFACE']})...")
+            children.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "overlay-hub"],
+                                             env=env, cwd=ROOT, preexec_fn=_detach_from_terminal))
         _wait_ready(f"{public}/healthz", web)
         if demo_model != "none":
-            engine = _start_demo_host(demo_model, data_dir)
+            agent = _start_demo_host(demo_model, data_dir, router_url, own_machine, env)
         click.echo(_banner(info, data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
-        while all(child.poll() is None for child in children) and (engine is None or engine.alive()):
+        while all(child.poll() is None for child in [*children, *([agent] if agent else [])]):
             time.sleep(0.5)
         raise click.ClickException("a platform process exited unexpectedly; stopping the rest")
     except (KeyboardInterrupt, Interrupted):
@@ -169,11 +249,16 @@ def serve_command(host: str, port: int, workers: int, demo_model: str) -> None:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand a server
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if engine is not None:
-            engine.stop()
-            demo.stop_demo_host()
+        if agent is not None:
+            _stop(agent, DEMO_STOP_SECONDS)
         for child in reversed(children):
             _stop(child)
+        if own_machine:
+            demo_network.remove()
+        if current_app.config["OVERLAY_MODE"] == "wireguard":
+            _remove_hub()
+        db.session.remove()  # this process's own connections go before the server they point at
+        db.engine.dispose()
         services = current_app.extensions.get("embedded")
         if services is not None:
             services.stop()

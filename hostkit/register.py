@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from hostkit import check
-
-DEFAULT_STATE_DIR = Path(os.environ.get("HOSTKIT_STATE_DIR", "/var/lib/hostkit"))
-
-
-class RegisterError(Exception):
-    """Registration failed; the message is the one line the CLI prints."""
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+from hostkit import check, diagnostics
+from hostkit.client import DEFAULT_STATE_DIR, HostkitError, request, write_private
 
 
 def key_pair(state_dir: Path) -> tuple[str, str]:
@@ -42,35 +27,23 @@ def key_pair(state_dir: Path) -> tuple[str, str]:
         private = WireguardKey(path.read_text().strip())
     else:
         private = WireguardKey.generate()
-        _write_private(path, f"{private}\n")
+        write_private(path, f"{private}\n")
     return str(private), str(private.public_key())
 
 
 def register(router: str, enrollment_key: str, *, state_dir: Path, name: str, engine_port: int) -> dict:
     if (state_dir / "host.json").exists():
-        raise RegisterError(f"this machine is already registered ({state_dir / 'host.json'}); remove that file "
+        raise HostkitError(f"this machine is already registered ({state_dir / 'host.json'}); remove that file "
                             "and wireguard.key to register it again as a new host")
     _, public = key_pair(state_dir)
     report = check.run_checks(state_dir)
     ready, summary = check.verdict(report)
     body = {"enrollment_key": enrollment_key, "public_key": public, "name": name, "engine_port": engine_port,
             "hardware": {"ready": ready, "summary": summary, "checks": [vars(c) for c in report]}}
-    request = urllib.request.Request(f"{router.rstrip('/')}/api/hosts/register", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.load(response)
-    except urllib.error.HTTPError as error:
-        try:
-            message = json.load(error)["error"]
-        except (ValueError, KeyError, TypeError):
-            message = f"the router answered {error.code}"
-        finally:
-            error.close()
-        raise RegisterError(message) from None
-    except (urllib.error.URLError, OSError) as error:
-        raise RegisterError(f"cannot reach the router at {router}: {getattr(error, 'reason', error)}") from None
-    _write_private(state_dir / "host.json", json.dumps({"router": router.rstrip("/"), "token": answer["token"],
+    if (host_key := diagnostics.host_key_line()) is not None:
+        body["ssh_host_key"] = host_key  # pinned by the router for diagnostics over SSH
+    answer = request("POST", f"{router.rstrip('/')}/api/hosts/register", body)
+    write_private(state_dir / "host.json", json.dumps({"router": router.rstrip("/"), "token": answer["token"],
                                                         "host": answer["host"]}, indent=2) + "\n")
     return answer["host"]
 
@@ -86,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host = register(args.router, args.invite, state_dir=args.state_dir, name=args.name,
                         engine_port=args.engine_port)
-    except RegisterError as error:
+    except HostkitError as error:
         print(f"hostkit register: {error}", file=sys.stderr)
         return 1
     print(f"Registered {host['name']} (peer id {host['peer_id']}); it is {host['status']}: "

@@ -188,3 +188,29 @@ def short_timeouts(app):
     upstream.first_token_timeout, upstream.chunk_timeout = 3, 2
     yield
     upstream.first_token_timeout, upstream.chunk_timeout = saved
+
+
+# Headless Chromium for the browser tests: a missing Chromium is a failure, never a skip.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 10_000
+
+
+@pytest.fixture
+def page(live_server):
+    """A fresh headless Chromium page; closed with its browser at teardown."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(base_url=live_server)
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            yield page
+            context.close()
+        finally:
+            browser.close()

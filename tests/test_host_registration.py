@@ -51,6 +51,9 @@ def test_it_registers_a_pending_host_and_shows_the_token_once(client, auth, peop
     ("malformed public key", {"public_key": "abc"}, 400, "public_key: a WireGuard public key"),
     ("bad port", {"engine_port": 70000}, 400, "engine_port must be a port number"),
     ("empty name", {"name": "  "}, 400, "name must be 1 to 80 characters"),
+    ("an engine address outside the overlay", {"api_base": "http://169.254.169.254"}, 400,
+     "only at the overlay address it assigns"),
+    ("an unknown field", {"gpu_count": 8}, 400, "unknown field 'gpu_count'"),
 ])
 def test_it_refuses_a_bad_registration_and_writes_nothing(client, auth, people, case, fields, status, message):
     key = enrollment_key(client, auth, people.bob)

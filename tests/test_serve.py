@@ -15,7 +15,7 @@ import openai
 import psutil
 import redis
 
-from app import ROOT
+from app import ROOT, demo_network
 from app.demo import read_env_file
 from hostkit.engine import free_port
 
@@ -75,8 +75,14 @@ def leftovers(data_dir: Path, port: int) -> list[str]:
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if str(data_dir) in cmdline or f"127.0.0.1:{port}" in cmdline:
+        if str(data_dir) in cmdline or f"127.0.0.1:{port}" in cmdline or "wireguard-go gpushare-" in cmdline:
             found.append(f"{process.info['pid']}: {cmdline}")
+    # The demo host's machine (a network namespace) and the hub's interface go too.
+    if demo_network.NAMESPACE in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
+        found.append(f"network namespace {demo_network.NAMESPACE}")
+    for link in ("gpushare-hub", demo_network.ROUTER_SIDE):
+        if subprocess.run(["ip", "link", "show", link], capture_output=True).returncode == 0:
+            found.append(f"interface {link}")
     return found
 
 
@@ -89,6 +95,7 @@ def test_it_serves_from_nothing_survives_a_restart_and_leaves_nothing(tmp_path):
         first.wait_for("Starting the demo host", PAGES_TIMEOUT)  # the web app answers before the engine is up
         assert get(f"{base}/")[0] == 200 and get(f"{base}/login")[0] == 200 and get(f"{base}/models")[0] == 200
         banner = first.wait_for_banner()
+        assert "Demo host ready in" in banner and "(over the WireGuard overlay)" in banner
         env = read_env_file(data_dir / "demo.env")
         assert env["OPENAI_BASE_URL"] == f"{base}/v1"
         assert re.search(rf"demo API key: {re.escape(env['OPENAI_API_KEY'])}", banner)

@@ -1,4 +1,5 @@
-"""Which host serves a request: approved, enabled and healthy hosts that offer the model.
+"""Which host serves a request: approved, enabled, available and healthy hosts that offer the model,
+inside their weekly schedule.
 
 Each router process keeps the routing table in memory and reloads it from
 PostgreSQL every ``ROUTING_REFRESH_SECONDS``. Round-robin is per process;
@@ -11,15 +12,19 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import redis
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from .. import schedule
+
 ROUTES_SQL = text("""
-    SELECT hm.model_id, h.id, h.owner_id, h.api_base
+    SELECT hm.model_id, h.id, h.owner_id, h.api_base, h.schedule, h.timezone
     FROM host_models hm JOIN hosts h ON h.id = hm.host_id
-    WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.healthy AND h.api_base IS NOT NULL
+    WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.available AND h.healthy
+      AND h.api_base IS NOT NULL
     ORDER BY h.id
 """)
 
@@ -69,8 +74,10 @@ class RoutingTable:
                                            row.output_price, row.enabled, int(row.created_at.timestamp()))
                           for row in conn.execute(MODELS_SQL)}
                 routes: dict[int, list[Route]] = {}
-                for model_id, host_id, owner_id, api_base in conn.execute(ROUTES_SQL):
-                    routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/")))
+                now = datetime.now(timezone.utc)
+                for model_id, host_id, owner_id, api_base, windows, tz in conn.execute(ROUTES_SQL):
+                    if schedule.serving(windows, tz, now):
+                        routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/")))
             self._models, self._routes = models, routes
             self._loaded_at = time.monotonic()
 

@@ -1,13 +1,13 @@
-"""Admin pages: the model catalog, host invites, people and the audit log."""
+"""Admin pages: the model catalog, hosts and their diagnostics, host invites, people and the audit log."""
 from __future__ import annotations
 
 import uuid
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
-from .. import accounts, catalog, ledger
+from .. import accounts, catalog, diagnostics, ledger
 from .. import hosts as host_service
 from ..extensions import db
 from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, User
@@ -133,10 +133,35 @@ def audit_log():
                            more=len(events) > AUDIT_PAGE_SIZE)
 
 
+FLEET_ORDER = ("pending", "approved", "suspended", "rejected")
+
+
+def _fleet_counts() -> dict[str, int]:
+    counts = host_service.fleet_counts()
+    return {label: counts.get(key, 0) for key, label in (
+        ("pending", "Pending"), ("approved", "Approved"), ("healthy", "Healthy"), ("suspended", "Suspended"),
+        ("rejected", "Rejected"))}
+
+
+def _hosts_page(diagnostics: dict | None = None, status: int = 200):
+    order = case({s: i for i, s in enumerate(FLEET_ORDER)}, value=Host.status, else_=len(FLEET_ORDER))
+    rows = db.session.scalars(select(Host).order_by(order, Host.id)).all()
+    groups = [(status_name, [h for h in rows if h.status == status_name]) for status_name in FLEET_ORDER]
+    return render_template("admin/hosts.html", groups=groups, counts=_fleet_counts(), diagnostics=diagnostics or {},
+                           action_form=ActionForm()), status
+
+
 @bp.get("/hosts")
 def hosts_page():
-    rows = db.session.scalars(select(Host).order_by(Host.status != "pending", Host.id)).all()
-    return render_template("admin/hosts.html", hosts=rows, action_form=ActionForm())
+    return _hosts_page()
+
+
+@bp.get("/hosts/counts")
+def fleet_counts():
+    return render_template("admin/_fleet_counts.html", counts=_fleet_counts())
+
+
+FLEET_CHANGED = {"HX-Trigger": "fleet-changed"}  # the counts at the top of the page reload themselves
 
 
 @bp.post("/hosts/<int:host_id>/<any(approve, reject, suspend, reinstate):change>")
@@ -150,8 +175,21 @@ def change_host(host_id: int, change: str):
         if not request.htmx:
             flash_error(str(exc))
             return redirect(url_for("admin.hosts_page"))
-        return render_template("admin/_host_row.html", host=host, error=str(exc), action_form=ActionForm()), 409
+        return render_template("admin/_host_row.html", host=host, error=str(exc), action_form=ActionForm()), 409, \
+            FLEET_CHANGED
     if not request.htmx:
         flash(f"{host.name} is {host.status}.", "success")
         return redirect(url_for("admin.hosts_page"))
-    return render_template("admin/_host_row.html", host=host, action_form=ActionForm())
+    return render_template("admin/_host_row.html", host=host, action_form=ActionForm()), 200, FLEET_CHANGED
+
+
+@bp.post("/hosts/<int:host_id>/diagnostics")
+def run_diagnostics(host_id: int):
+    """Run ``hostkit check`` on the host over SSH now and show its report in place (audited either way)."""
+    try:
+        result = diagnostics.diagnose(current_user, host_id)
+    except LookupError:
+        abort(404)
+    if request.htmx:
+        return render_template("admin/_diagnostics.html", host=result["host"], result=result)
+    return _hosts_page({host_id: result})

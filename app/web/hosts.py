@@ -1,22 +1,90 @@
-"""The host's dashboard: the GPU machines this account offers, and keys to register new ones."""
+"""The host's dashboard: each GPU machine this account offers, its switches and earnings, and keys to add more."""
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from flask_wtf import FlaskForm
 from sqlalchemy import select
+from wtforms import StringField, TextAreaField
+from wtforms.validators import Length
 
 from .. import hosts as host_service
+from .. import schedule
 from ..extensions import db
-from ..models import Host
+from ..models import Host, utcnow
 from . import role_required
 from .forms import ActionForm
 
 bp = Blueprint("hosts", __name__, url_prefix="/host")
 
+POLL_SECONDS = 5
+STOP_POLLING = 286  # htmx stops a poll that gets this status; a rejected host never changes again
 
-def _page(**context):
+
+class ScheduleForm(FlaskForm):
+    schedule = TextAreaField("Serving windows, one per line (empty: always)", validators=[Length(max=2000)],
+                             render_kw={"rows": 3, "placeholder": "mon-fri 22:00-08:00\nsat,sun 00:00-24:00"})
+    timezone = StringField("Time zone", validators=[Length(max=64)], render_kw={"placeholder": "UTC"})
+
+
+def schedule_form(host: Host, formdata=None) -> ScheduleForm:
+    form = ScheduleForm(formdata=formdata, prefix=f"host-{host.id}")
+    if formdata is None:
+        form.schedule.data = schedule.format_windows(host.schedule or [])
+        form.timezone.data = host.timezone
+    return form
+
+
+def ago(moment) -> str:
+    """'12 s ago', '3 min ago', '5 h ago', '2 days ago', or 'never'."""
+    if moment is None:
+        return "never"
+    seconds = max(int((utcnow() - moment).total_seconds()), 0)
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if unit == 'day' and n != 1 else ''} ago"
+    return f"{seconds} s ago"
+
+
+def serving_state(host: Host) -> str:
+    """Why a host does or does not take new requests now, in a few words."""
+    if host.status != "approved":
+        return {"pending": "not yet: waiting for an admin's approval", "rejected": "no: an admin rejected it",
+                "suspended": "no: an admin suspended it"}.get(host.status, "no")
+    if not host.enabled:
+        return "no: disabled here"
+    if not host.available:
+        return "no: switched off on the machine (hostkit down)"
+    if not host_service.serving_now(host):
+        return "no: outside its schedule"
+    if not host.healthy:
+        return "no: failing health checks"
+    return "yes"
+
+
+@bp.context_processor
+def helpers():
+    return {"ago": ago, "serving_state": serving_state, "poll_seconds": POLL_SECONDS}
+
+
+def _owned(host_id: int) -> Host:
+    try:
+        return host_service.owned_host(current_user, host_id)
+    except host_service.HostError:
+        abort(404)
+
+
+def _page(*, forms: dict | None = None, model_errors: dict | None = None, **context):
     machines = db.session.scalars(select(Host).where(Host.owner_id == current_user.id).order_by(Host.id)).all()
-    return render_template("hosts/dashboard.html", hosts=machines, action_form=ActionForm(), **context)
+    return render_template(
+        "hosts/dashboard.html", hosts=machines, action_form=ActionForm(),
+        earnings=host_service.earnings(current_user, [host.id for host in machines]),
+        no_earnings=host_service.Earnings(),
+        forms={host.id: schedule_form(host) for host in machines} | (forms or {}),
+        model_rows={host.id: host_service.models_for(host) for host in machines},
+        vram_by_host={host.id: host_service.gpu_memory_mib(host) for host in machines},
+        model_errors=model_errors or {}, **context)
 
 
 @bp.get("")
@@ -32,3 +100,71 @@ def new_enrollment_key():
     if request.htmx:
         return render_template("hosts/_enrollment.html", key=key, secret=secret)
     return _page(key=key, secret=secret)
+
+
+@bp.get("/<int:host_id>/status")
+@role_required("host")
+def status(host_id: int):
+    """The polled status line: state, health, heartbeat and engine figures."""
+    host = _owned(host_id)
+    return render_template("hosts/_status.html", host=host), STOP_POLLING if host.status == "rejected" else 200
+
+
+@bp.post("/<int:host_id>/enabled")
+@role_required("host")
+def set_enabled(host_id: int):
+    host = _owned(host_id)
+    host_service.set_enabled(current_user, host, request.form.get("enabled") == "on")
+    if request.htmx:
+        return render_template("hosts/_enabled.html", host=host), 200, {"HX-Trigger": f"host-{host.id}-changed"}
+    flash(f"{host.name} is {'enabled' if host.enabled else 'disabled'}.", "success")
+    return redirect(url_for("hosts.dashboard"))
+
+
+@bp.post("/<int:host_id>/schedule")
+@role_required("host")
+def set_schedule(host_id: int):
+    host = _owned(host_id)
+    form = schedule_form(host, request.form)
+    saved = False
+    if form.validate():
+        # Each part is read here first, so that its error shows next to its own field; nothing is saved on error.
+        for field, read in ((form.schedule, schedule.parse), (form.timezone, schedule.timezone)):
+            try:
+                read(field.data or "")
+            except schedule.ScheduleError as exc:
+                field.errors.append(str(exc))
+        if not (form.schedule.errors or form.timezone.errors):
+            try:
+                host_service.set_schedule(current_user, host, form.schedule.data or "", form.timezone.data or "UTC")
+            except host_service.HostError as exc:
+                form.schedule.errors.append(str(exc))
+            else:
+                saved = True
+                form = schedule_form(host)  # the windows as the platform reads them
+    code = 200 if saved else 400
+    headers = {"HX-Trigger": f"host-{host.id}-changed"} if saved else {}
+    if request.htmx:
+        return render_template("hosts/_schedule.html", host=host, form=form, saved=saved), code, headers
+    if saved:
+        flash(f"The schedule of {host.name} is saved.", "success")
+        return redirect(url_for("hosts.dashboard"))
+    return _page(forms={host.id: form}), code
+
+
+@bp.post("/<int:host_id>/models")
+@role_required("host")
+def set_model(host_id: int):
+    host = _owned(host_id)
+    hf_id, error = request.form.get("model", ""), None
+    try:
+        host_service.set_model(current_user, host, hf_id, request.form.get("enabled") == "on")
+    except host_service.HostError as exc:
+        error = str(exc)
+    context = {"host": host, "models": host_service.models_for(host), "vram": host_service.gpu_memory_mib(host),
+               "error": error}
+    if request.htmx:
+        return render_template("hosts/_models.html", **context), 400 if error else 200
+    if error:
+        return _page(model_errors={host.id: error}), 400
+    return redirect(url_for("hosts.dashboard"))

@@ -1,0 +1,106 @@
+"""The overlay as the platform runs it: each host's WireGuard configuration, and the hub daemon.
+
+``flask --app wsgi overlay-hub`` runs on the router machine as root. It makes
+the hub interface and its firewall, then keeps the hub's peers equal to the
+approved hosts: at start, whenever a host is approved, suspended or rejected
+(a Redis message, so a suspended host is cut off at once), and every
+``OVERLAY_RECONCILE_SECONDS`` in case a message was missed.
+"""
+from __future__ import annotations
+
+import ipaddress
+import time
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy import select, update
+
+from hostkit import wireguard
+from overlay import hub
+
+from . import diagnostics
+from .extensions import db, redis_client
+from .models import Host
+
+
+@cache
+def _public_key(key_file: str) -> str:
+    return wireguard.public_key(hub.load_private_key(Path(key_file)))
+
+
+def hub_public_key() -> str:
+    return _public_key(current_app.config["OVERLAY_PRIVATE_KEY_FILE"])
+
+
+def hub_endpoint() -> str:
+    config = current_app.config
+    if config["OVERLAY_ENDPOINT"]:
+        return config["OVERLAY_ENDPOINT"]
+    return f"{urlsplit(config['PUBLIC_URL']).hostname}:{config['OVERLAY_LISTEN_PORT']}"
+
+
+def config_for(host: Host) -> dict:
+    """What ``hostkit agent`` needs to join the overlay (an approved host only)."""
+    config = current_app.config
+    network = ipaddress.ip_network(config["OVERLAY_NETWORK"])
+    answer = {"mode": config["OVERLAY_MODE"], "address": str(host.overlay_address),
+              "network": str(network), "hub_address": str(next(network.hosts())), "engine_port": host.engine_port,
+              "diagnostics_key": diagnostics.platform_public_key()}
+    if config["OVERLAY_MODE"] == "wireguard":
+        answer |= {"hub_public_key": hub_public_key(), "hub_endpoint": hub_endpoint(),
+                   "keepalive": wireguard.KEEPALIVE_SECONDS}
+    return answer
+
+
+def wanted() -> list[hub.Wanted]:
+    rows = db.session.execute(select(Host.public_key, Host.overlay_address, Host.wg_endpoint)
+                              .where(Host.status == "approved", Host.overlay_address.is_not(None),
+                                     Host.public_key.is_not(None)))
+    return [hub.Wanted(key, str(address), endpoint) for key, address, endpoint in rows]
+
+
+def reconcile(the_hub: hub.Hub) -> hub.Changes:
+    changes = the_hub.reconcile(wanted())
+    for key, endpoint in (changes.endpoints or {}).items():
+        db.session.execute(update(Host).where(Host.public_key == key, Host.wg_endpoint.is_distinct_from(endpoint))
+                           .values(wg_endpoint=endpoint))
+    db.session.commit()
+    return changes
+
+
+@click.command("overlay-hub")
+@click.option("--once", is_flag=True, help="Bring the hub up, reconcile once and exit.")
+@with_appcontext
+def overlay_hub_command(once: bool) -> None:
+    """Run the router's WireGuard hub (as root): peers follow the approved hosts."""
+    config = current_app.config
+    if config["OVERLAY_MODE"] != "wireguard":
+        raise click.ClickException(f"OVERLAY_MODE is {config['OVERLAY_MODE']}: there is no hub to run")
+    can, why = wireguard.available()
+    if not can:
+        raise click.ClickException(f"cannot run the overlay hub: {why}")
+    private = hub.load_private_key(Path(config["OVERLAY_PRIVATE_KEY_FILE"]))
+    the_hub = hub.Hub(config["OVERLAY_INTERFACE"], config["OVERLAY_NETWORK"], private, config["OVERLAY_LISTEN_PORT"])
+    try:
+        how = the_hub.up()
+    except wireguard.WireGuardError as error:
+        raise click.ClickException(f"cannot bring the hub up: {error}") from None
+    subscription = redis_client.pubsub(ignore_subscribe_messages=True)
+    subscription.subscribe(hub.CHANNEL)
+    click.echo(f"Overlay hub {config['OVERLAY_INTERFACE']} ({how}) at {the_hub.address}, "
+               f"listening on UDP {config['OVERLAY_LISTEN_PORT']}", err=True)
+    period = config["OVERLAY_RECONCILE_SECONDS"]
+    while True:
+        changes = reconcile(the_hub)
+        if changes.added or changes.removed:
+            click.echo(f"Overlay peers: {len(changes.added)} added, {len(changes.removed)} removed", err=True)
+        if once:
+            return
+        deadline = time.monotonic() + period
+        while (left := deadline - time.monotonic()) > 0:
+            if subscription.get_message(timeout=left) is not None:
+                break

@@ -1,0 +1,376 @@
+"""Hosts on the WireGuard overlay, end to end, in network namespaces made for this module.
+
+The router machine (its own namespace) runs ``flask serve``: web app, RQ
+worker and scheduler, and the overlay hub on ``wireguard-go``. Two host
+machines (namespaces on the same LAN) each run the real ``hostkit register``
+and ``hostkit agent``, which joins the overlay and serves tiny-chat on vLLM
+bound to its overlay address. Clients and the admin sit in the test's own
+namespace. The tests in this module run in order and share that world.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select, text
+
+from app import create_app, hosts
+from app.config import normalise_database_url
+from app.extensions import db
+from app.models import Host, UsageRecord, User
+from hostkit.engine import EngineError, engine_python, ensure_model
+
+from . import factories
+from .netns import Lan, Machine
+
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "gpushare/tiny-chat"
+ROUTER_PORT = 8000
+ENGINE_PORT = 8000
+TOO_LARGE = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting until {what}", pytrace=False)
+
+
+class World:
+    def __init__(self, app, lan: Lan, tmp: Path, model_dir: Path):
+        self.app, self.lan, self.tmp, self.model_dir = app, lan, tmp, model_dir
+        self.url = f"http://{lan.router.address}:{ROUTER_PORT}"
+        self.interfaces: dict[str, str] = {}
+        self.agents: dict[str, object] = {}
+        with app.app_context():
+            factories.seed_catalog()
+            self.owner = factories.make_user("bob@example.com", client=False, host=True)
+            self.admin = factories.make_user("carol@example.com", client=False, admin=True)
+            client = factories.make_user("alice@example.com")
+            factories.give_credits(client, "50")
+            _, self.api_key = factories.make_key(client)
+            self.owner_id, self.admin_id = self.owner.id, self.admin.id
+
+    def hostkit(self, machine: Machine, *args: str, check: bool = True, timeout: float = 120):
+        state = self.tmp / machine.netns / "state"
+        return machine.run(sys.executable, "-m", "hostkit", *args, "--state-dir", str(state), check=check,
+                           timeout=timeout, cwd=str(ROOT))
+
+    def enrollment_key(self) -> str:
+        with self.app.app_context():
+            return hosts.create_enrollment_key(db.session.get(User, self.owner_id))[1]
+
+    def host(self, name: str) -> Host:
+        with self.app.app_context():
+            host = db.session.scalar(select(Host).where(Host.name == name))
+            db.session.expunge(host)
+            return host
+
+    def admin_does(self, name: str, change: str) -> None:
+        with self.app.app_context():
+            host_id = db.session.scalar(select(Host.id).where(Host.name == name))
+            hosts.change_status(db.session.get(User, self.admin_id), host_id, change)
+
+    def start_agent(self, machine: Machine) -> None:
+        data = self.tmp / machine.netns / "engine"
+        (data / "models").mkdir(parents=True, exist_ok=True)
+        if not (data / "models" / "tiny-chat").exists():
+            (data / "models" / "tiny-chat").symlink_to(self.model_dir, target_is_directory=True)
+        interface = self.interfaces.setdefault(machine.netns, self.lan.interface(f"h{len(self.interfaces)}"))
+        self.agents[machine.netns] = machine.spawn(
+            sys.executable, "-m", "hostkit", "agent", "--state-dir", str(self.tmp / machine.netns / "state"),
+            "--interface", interface, "--heartbeat", "1", "--engine", "process", "--data-dir", str(data),
+            "--authorized-keys", str(self.tmp / machine.netns / "authorized_keys"),
+            log=self.tmp / f"agent-{machine.netns}.log", cwd=str(ROOT))
+
+    def chat(self, max_tokens: int = 8, stream: bool = False, timeout: float = 60) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/chat/completions", timeout=timeout,
+                          headers={"Authorization": f"Bearer {self.api_key}"},
+                          json={"model": MODEL, "max_tokens": max_tokens, "stream": stream,
+                                "messages": [{"role": "user", "content": "hello"}]})
+
+    def served_by(self) -> list[str]:
+        with self.app.app_context():
+            rows = db.session.execute(select(Host.name).join(UsageRecord, UsageRecord.host_id == Host.id)
+                                      .where(UsageRecord.status == "ok").order_by(UsageRecord.created_at))
+            return [name for (name,) in rows]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(self.tmp.glob("*.log")))
+
+
+@pytest.fixture(scope="module")
+def world(servers, tmp_path_factory, request):
+    tmp = tmp_path_factory.mktemp("overlay")
+    lan = Lan(hosts=2)
+    request.addfinalizer(lan.close)  # also when the set-up fails half way
+    app = create_app({"TESTING": True, "GPUSHARE_ENV": "test", "SECRET_KEY": "overlay-test-secret-key-long-enough",
+                      "GPUSHARE_DATA_DIR": str(tmp / "admin"),
+                      "SQLALCHEMY_DATABASE_URI": normalise_database_url(servers["database"]),
+                      "REDIS_URL": servers["redis"], "OVERLAY_NETWORK": lan.overlay})
+    with app.app_context():
+        from flask_migrate import upgrade
+
+        upgrade()
+        tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
+        db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        db.session.commit()
+        app.extensions["redis"].flushdb()
+    try:
+        python = engine_python()
+        model_dir = ensure_model("tiny-chat", tmp / "models", python=python, data_dir=tmp)
+    except EngineError as error:
+        pytest.fail(f"these tests need vLLM: {error}", pytrace=False)
+    router_data = tmp / "router"
+    (router_data / "tokenizers" / "gpushare").mkdir(parents=True)
+    (router_data / "tokenizers" / MODEL).symlink_to(model_dir, target_is_directory=True)
+    world = World(app, lan, tmp, model_dir)
+    env = dict(os.environ, DATABASE_URL=servers["database"], REDIS_URL=servers["redis"],
+               GPUSHARE_DATA_DIR=str(router_data), GPUSHARE_PUBLIC_URL=world.url,
+               OVERLAY_NETWORK=lan.overlay, OVERLAY_INTERFACE=lan.interface("hub"),
+               OVERLAY_ENDPOINT=f"{lan.router.address}:51820", OVERLAY_RECONCILE_SECONDS="2",
+               HEALTH_CHECK_SECONDS="1", ROUTING_REFRESH_SECONDS="1", GPUSHARE_DEMO_MODEL="none")
+    try:
+        lan.router.spawn(sys.executable, "-m", "flask", "--app", "wsgi", "serve", "--host", "0.0.0.0",
+                         "--port", str(ROUTER_PORT), log=tmp / "router.log", env=env, cwd=str(ROOT))
+        wait_until(lambda: _answers(f"{world.url}/healthz"), 90, "the router answers")
+        yield world
+    except BaseException:
+        print(world.logs())
+        raise
+    finally:
+        lan.close()  # before the database goes: agents and the router say goodbye first
+        with app.app_context():
+            db.engine.dispose()
+        app.extensions["redis"].close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_host_goes_from_registration_to_serving_over_the_overlay(world):
+    h1, h2 = world.lan.hosts
+    started = time.monotonic()
+    for index, machine in enumerate((h1, h2)):
+        done = world.hostkit(machine, "register", "--router", world.url, "--invite", world.enrollment_key(),
+                             "--name", f"h{index + 1}", "--engine-port", str(ENGINE_PORT))
+        assert "it is pending" in done.stdout
+        world.hostkit(machine, "models", "--enable", MODEL)
+        world.start_agent(machine)
+    status = world.hostkit(h1, "status").stdout
+    assert "h1: pending, not serving: pending hosts get no requests" in status and MODEL in status
+    assert world.chat().status_code == 503  # pending hosts get nothing
+
+    world.admin_does("h1", "approve")
+    world.admin_does("h2", "approve")
+    first = wait_until(lambda: (r := world.chat()).status_code == 200 and r, 240, "a request is served")
+    elapsed = time.monotonic() - started
+    print(f"\nfrom `hostkit register` to the first request served: {elapsed:.1f}s")
+    assert first.json()["usage"]["completion_tokens"] > 0
+    wait_until(lambda: world.chat().status_code == 200 and {"h1", "h2"} <= set(world.served_by()), 120,
+               "both hosts have served a request")
+    for name in ("h1", "h2"):
+        host = world.host(name)
+        assert host.api_base == f"http://{host.overlay_address}:{ENGINE_PORT}"
+        assert ipaddress.ip_address(str(host.overlay_address)) in ipaddress.ip_network(world.lan.overlay)
+        assert host.heartbeat["engine"] == "running" and host.heartbeat["overlay"] == "wireguard"
+        assert host.heartbeat["max_model_len"] == 2048
+        assert host.wg_endpoint and host.wg_endpoint.startswith(world.lan.prefix)
+
+
+def test_only_the_router_reaches_a_hosts_engine(world):
+    h1, h2 = world.lan.hosts
+    router = world.lan.router
+    overlay_1 = str(world.host("h1").overlay_address)
+    hub = world.lan.overlay.rsplit(".", 1)[0] + ".1"
+    assert router.can_connect(overlay_1, ENGINE_PORT), "the router reaches the engine over the overlay"
+    # The engine listens on the overlay address only: nothing answers on the underlay address.
+    assert not h2.can_connect(h1.address, ENGINE_PORT)
+    assert not router.can_connect(h1.address, ENGINE_PORT)
+    # A neighbour that routes h1's overlay address to h1's underlay address is dropped by h1's firewall...
+    h2.run("ip", "route", "add", f"{overlay_1}/32", "via", h1.address)
+    try:
+        assert not h2.can_connect(overlay_1, ENGINE_PORT)
+        # ...and it is that rule that stops it: without the host's firewall the neighbour gets through.
+        h1.run("nft", "delete", "table", "inet", "gpushare_host")
+        assert h2.can_connect(overlay_1, ENGINE_PORT)
+    finally:
+        h2.run("ip", "route", "del", f"{overlay_1}/32", check=False)
+    restart = world.agents[h1.netns]
+    restart.terminate()
+    restart.wait(60)
+    world.start_agent(h1)  # the agent re-applies its firewall when it rejoins
+    wait_until(lambda: h1.run("nft", "list", "table", "inet", "gpushare_host", check=False).returncode == 0, 120,
+               "h1's agent has restored its firewall")
+
+    # Through the overlay a host reaches neither the other host (the hub forwards nothing) nor the
+    # router's own services, even when it widens its tunnel to the whole overlay network.
+    interface, hub_key = world.interfaces[h2.netns], _hub_key(h2, world.interfaces[h2.netns])
+    h2.run("wg", "set", interface, "peer", hub_key, "allowed-ips", world.lan.overlay)
+    h2.run("ip", "route", "replace", world.lan.overlay, "dev", interface)
+    try:
+        assert router.pings(str(world.host("h2").overlay_address)), "the tunnel itself works"
+        assert not h2.pings(hub), "hosts cannot even ping the hub"
+        assert not h2.can_connect(overlay_1, ENGINE_PORT)
+        assert not h2.can_connect(hub, ROUTER_PORT)
+    finally:
+        h2.run("wg", "set", interface, "peer", hub_key, "allowed-ips", f"{hub}/32")
+        h2.run("ip", "route", "del", world.lan.overlay, "dev", interface, check=False)
+    assert h2.can_connect(router.address, ROUTER_PORT), "hosts reach the host API on the router's public address"
+
+
+def _hub_key(machine: Machine, interface: str) -> str:
+    return machine.run("wg", "show", interface, "peers").stdout.split()[0]
+
+
+def test_a_suspended_host_is_cut_off_at_once_and_back_on_reinstatement(world):
+    router = world.lan.router
+    overlay_1 = str(world.host("h1").overlay_address)
+    wait_until(lambda: router.pings(overlay_1, 0.5), 120, "h1 answers on the overlay")
+
+    world.admin_does("h1", "suspend")
+    suspended = time.monotonic()
+    wait_until(lambda: not router.pings(overlay_1, 0.2), 5, "h1 no longer answers", interval=0.05)
+    cut_off = time.monotonic() - suspended
+    assert cut_off < 1.0, f"the suspended host was reachable for {cut_off:.2f}s"
+
+    world.admin_does("h1", "reinstate")
+    reinstated = time.monotonic()
+    wait_until(lambda: router.pings(overlay_1, 0.2), 5, "h1 answers again", interval=0.05)
+    back = time.monotonic() - reinstated
+    print(f"\nsuspension cut h1 off in {cut_off:.2f}s; reinstatement brought it back in {back:.2f}s")
+    assert back < 1.0, "the hub re-adds the peer with its last known endpoint"
+
+
+class Stream(threading.Thread):
+    """A long streamed completion, read to its end in the background."""
+
+    def __init__(self, world: World):
+        super().__init__(daemon=True)
+        self.world, self.started, self.events, self.error = world, threading.Event(), [], None
+
+    def run(self):
+        try:
+            with httpx.stream("POST", f"{self.world.url}/v1/chat/completions", timeout=120,
+                              headers={"Authorization": f"Bearer {self.world.api_key}"},
+                              json={"model": MODEL, "max_tokens": 1200, "stream": True,
+                                    "stream_options": {"include_usage": True},
+                                    "messages": [{"role": "user", "content": "tell me a long story"}]}) as response:
+                assert response.status_code == 200, response.read()
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        self.events.append(line[6:])
+                        self.started.set()
+        except Exception as error:  # reported by the test
+            self.error = error
+        finally:
+            self.started.set()
+
+    def finished_cleanly(self) -> dict:
+        self.join(120)
+        assert self.error is None, self.error
+        assert self.events[-1] == "[DONE]", self.events[-3:]
+        chunks = [json.loads(event) for event in self.events[:-1]]
+        assert not any("error" in chunk for chunk in chunks), chunks[-3:]
+        assert any(choice.get("finish_reason") for chunk in chunks for choice in chunk.get("choices", []))
+        return chunks[-1]["usage"]
+
+
+def _start_stream(world: World) -> Stream:
+    stream = Stream(world)
+    stream.start()
+    assert stream.started.wait(60) and stream.error is None, stream.error
+    return stream
+
+
+def _engine_state(world: World, name: str) -> str:
+    return world.host(name).heartbeat.get("engine")
+
+
+def test_hostkit_commands_on_the_real_agent(world, tmp_path):
+    h1, h2 = world.lan.hosts
+    nowhere = h1.run(sys.executable, "-m", "hostkit", "status", "--state-dir", str(tmp_path), check=False,
+                     cwd=str(ROOT))
+    assert nowhere.returncode == 1 and "this machine is not registered" in nowhere.stderr
+    assert len(nowhere.stderr.strip().splitlines()) == 1
+    again = world.hostkit(h1, "register", "--router", world.url, "--invite", world.enrollment_key(), check=False)
+    assert again.returncode == 1 and "already registered" in again.stderr
+
+    wait_until(lambda: world.host("h1").healthy, 120, "h1's engine runs again and passes a health check")
+    status = world.hostkit(h1, "status").stdout
+    assert "h1: approved, serving" in status and "engine:     running" in status
+
+    listed = world.hostkit(h1, "models").stdout
+    assert f"* {MODEL}" in listed and TOO_LARGE not in listed
+    assert f"{TOO_LARGE}  (needs 18432 MiB)" in world.hostkit(h1, "models", "--all").stdout
+    too_large = world.hostkit(h1, "models", "--enable", TOO_LARGE, check=False)
+    assert too_large.returncode == 1 and "this host has 0 MiB" in too_large.stderr
+    unknown = world.hostkit(h1, "models", "--enable", "nobody/nothing", check=False)
+    assert unknown.returncode == 1 and "is not in the catalog" in unknown.stderr
+
+    bad_days = world.hostkit(h1, "schedule", "set", "someday 10:00-11:00", check=False)
+    assert bad_days.returncode == 1 and "days are mon, tue" in bad_days.stderr
+    bad_zone = world.hostkit(h1, "schedule", "set", "mon-fri 22:00-08:00", "--timezone", "Mars/Olympus", check=False)
+    assert bad_zone.returncode == 1 and "is not a time zone" in bad_zone.stderr
+    assert world.host("h1").schedule == [], "a refused schedule changes nothing"
+    shown = world.hostkit(h1, "schedule", "set", "mon-sun 00:00-24:00", "--timezone", "Europe/Berlin").stdout
+    assert "mon-sun 00:00-24:00" in shown and "Serving now." in shown
+    assert "always" in world.hostkit(h1, "schedule", "clear").stdout
+
+    # Down drains: with h2 down, a long stream runs on h1; `hostkit down` on h1 waits for it to finish.
+    assert "is down" in world.hostkit(h2, "down", "--no-wait").stdout
+    time.sleep(2)  # routing tables reload every second here
+    stream = _start_stream(world)
+    down = world.hostkit(h1, "down", timeout=300).stdout
+    usage = stream.finished_cleanly()
+    assert usage["completion_tokens"] > 0
+    assert "Drained; the engine is stopped." in down
+    assert world.chat().status_code == 503, "both hosts are down"
+    for machine in (h1, h2):
+        assert "is up" in world.hostkit(machine, "up", "--wait", timeout=300).stdout
+    wait_until(lambda: world.chat().status_code == 200, 120, "requests are served again")
+
+
+def test_a_host_toggled_off_in_the_dashboard_finishes_what_it_has(world):
+    from .conftest import Auth, Client
+
+    h1, h2 = world.lan.hosts
+    world.app.test_client_class = Client
+    browser = world.app.test_client()
+    with world.app.app_context():
+        Auth(browser).login("bob@example.com")
+    host_1 = world.host("h1")
+    world.hostkit(h2, "down", "--no-wait")
+    time.sleep(2)
+    stream = _start_stream(world)  # on h1, the only host up
+    token = Auth(browser).token("/host")
+    answer = browser.post(f"/host/{host_1.id}/enabled", data={"enabled": "off", "csrf_token": token})
+    assert answer.status_code in (200, 302)
+    assert not world.host("h1").enabled
+    stream.finished_cleanly()
+    time.sleep(2)
+    assert world.chat().status_code == 503, "the disabled host gets no new request"
+    wait_until(lambda: _engine_state(world, "h1") == "stopped", 60, "h1's agent stops its engine")
+    page = browser.get("/host").get_data(as_text=True)
+    assert "h1" in page and host_1.peer_id in page
+
+    browser.post(f"/host/{host_1.id}/enabled", data={"enabled": "on", "csrf_token": token})
+    world.hostkit(h2, "up")
+    wait_until(lambda: world.chat().status_code == 200, 180, "requests are served again")
