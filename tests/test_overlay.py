@@ -374,3 +374,48 @@ def test_a_host_toggled_off_in_the_dashboard_finishes_what_it_has(world):
     browser.post(f"/host/{host_1.id}/enabled", data={"enabled": "on", "csrf_token": token})
     world.hostkit(h2, "up")
     wait_until(lambda: world.chat().status_code == 200, 180, "requests are served again")
+
+
+def test_an_admin_runs_diagnostics_on_a_host_over_the_overlay(world):
+    """The admin's button: the router runs `hostkit check --json` over SSH through the tunnel, trusting only
+    the SSH host key the machine sent at registration, with a key the host lets run that one command."""
+    h1 = world.lan.hosts[0]
+    host = world.host("h1")
+    overlay_1, hub = str(host.overlay_address), world.lan.overlay.rsplit(".", 1)[0] + ".1"
+    assert host.ssh_host_key and host.ssh_host_key.split()[:2] == \
+        Path("/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2], "pinned at registration"
+    authorized = (world.tmp / h1.netns / "authorized_keys").read_text()
+    assert f'from="{hub}",restrict,command="hostkit check --json"' in authorized, "the agent installed the key"
+
+    bin_dir = world.tmp / "h1-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "hostkit").write_text(f'#!/bin/sh\ncd {ROOT} && exec {sys.executable} -m hostkit "$@"\n')
+    (bin_dir / "hostkit").chmod(0o755)
+    config = world.tmp / "h1-sshd_config"
+    config.write_text(f"""ListenAddress {overlay_1}
+Port 22
+HostKey /etc/ssh/ssh_host_ed25519_key
+AuthorizedKeysFile {world.tmp / h1.netns / "authorized_keys"}
+PidFile {world.tmp / "h1-sshd.pid"}
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+SetEnv PATH={bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    h1.spawn("/usr/sbin/sshd", "-D", "-e", "-f", str(config), log=world.tmp / "sshd-h1.log")
+    wait_until(lambda: world.lan.router.can_connect(overlay_1, 22), 30, "h1's sshd answers on the overlay")
+
+    from .conftest import CSRF_RE
+
+    with httpx.Client(base_url=world.url, timeout=120) as admin:
+        token = CSRF_RE.search(admin.get("/login").text)
+        admin.post("/login", data={"email": "carol@example.com", "password": factories.PASSWORD,
+                                   "csrf_token": token.group(1) or token.group(2)})
+        token = CSRF_RE.search(admin.get("/admin/hosts").text)
+        page = admin.post(f"/admin/hosts/{host.id}/diagnostics",
+                          data={"csrf_token": token.group(1) or token.group(2)}).text
+    assert "Diagnostics over SSH, just now" in page, page
+    assert "wireguard-go (userspace) available" in page, "the report is the host's own `hostkit check`"
