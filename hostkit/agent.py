@@ -76,7 +76,8 @@ class ProcessEngine:
             raise HostkitError(f"{model} needs a GPU engine (Docker with the NVIDIA runtime); without Docker this "
                                f"machine serves {', '.join(local)} only")
         try:
-            self.engine = serve(local[model], self.data_dir, host=host, port=port, venv=self.venv)
+            self.engine = serve(local[model], self.data_dir, host=host, port=port, venv=self.venv,
+                                die_with_parent=True)
         except EngineError as error:
             raise HostkitError(f"the engine did not start: {error}") from None
         self.model = model

@@ -145,7 +145,7 @@ class Engine:
                  data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int | None = None,
                  kv_cache_bytes: int = KV_CACHE_BYTES, max_model_len: int | None = MAX_MODEL_LEN,
                  extra_args: tuple[str, ...] = (), ready_timeout: float = 300, drain_seconds: int = 5,
-                 stop_grace: float = 20):
+                 stop_grace: float = 20, die_with_parent: bool = False):
         self.python = Path(python)
         self.model_dir = Path(model_dir).resolve()
         self.served_name = served_name
@@ -160,6 +160,8 @@ class Engine:
         self.drain_seconds = drain_seconds
         self.stop_grace = max(stop_grace, drain_seconds + 5)
         self.log_path = self.data_dir / "logs" / f"engine-{self.port}.log"
+        # SIGTERM to the engine when the thread that started it ends (a long-lived daemon's main thread only).
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen | None = None
         self._run_dir: str | None = None
         self.ready_seconds: float | None = None
@@ -208,6 +210,7 @@ class Engine:
                 self.process = subprocess.Popen(
                     self.command(), cwd=self.data_dir, env=env, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=_die_with_parent if self.die_with_parent else None,
                 )
             self._wait_ready(started + self.ready_timeout)
         except BaseException:
@@ -276,6 +279,16 @@ class Engine:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the engine's child before exec: SIGTERM when the thread that started it ends, so an agent killed
+    with SIGKILL does not leave an engine holding the GPU."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -71,7 +71,7 @@ class Machine:
         return self.run("ping", "-c", "1", "-W", str(wait), address, check=False).returncode == 0
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+def stop_process(process: subprocess.Popen, timeout: float = 60) -> None:
     if process.poll() is None:
         try:
             os.killpg(process.pid, signal.SIGTERM)
