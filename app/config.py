@@ -164,6 +164,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "HEALTH_CHECK_SECONDS": env_int(env, "HEALTH_CHECK_SECONDS", 30, minimum=1, maximum=3600),
         "HEALTH_FAILURES_TO_UNHEALTHY": env_int(env, "HEALTH_FAILURES_TO_UNHEALTHY", 2, minimum=1),
         "HEALTH_SUCCESSES_TO_HEALTHY": env_int(env, "HEALTH_SUCCESSES_TO_HEALTHY", 2, minimum=1),
+        # Pricing (app/pricing.py, jobs/pricing.py): how often prices move, the largest move, and the capacity
+        # assumed for a host whose heartbeat has not measured more.
+        "PRICING_INTERVAL_SECONDS": env_int(env, "PRICING_INTERVAL_SECONDS", 60, minimum=60, maximum=3600),
+        "PRICING_STEP_BPS": env_int(env, "PRICING_STEP_BPS", 500, minimum=0, maximum=5000),
+        "PRICING_HOST_TOKENS_PER_SECOND": env_int(env, "PRICING_HOST_TOKENS_PER_SECOND", 20, minimum=1),
         # Hosts and the overlay (see app/hosts.py, overlay/).
         "OVERLAY_NETWORK": env_str(env, "OVERLAY_NETWORK", "10.77.0.0/16"),
         # wireguard: the router is a WireGuard hub (``flask overlay-hub``, as root). loopback: for a demo on one
@@ -184,6 +189,26 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "DIAGNOSTICS_SSH_PORT": env_int(env, "DIAGNOSTICS_SSH_PORT", 22, minimum=1, maximum=65535),
         "DIAGNOSTICS_CONNECT_TIMEOUT": env_int(env, "DIAGNOSTICS_CONNECT_TIMEOUT", 10, minimum=1, maximum=120),
         "DIAGNOSTICS_TIMEOUT_SECONDS": env_int(env, "DIAGNOSTICS_TIMEOUT_SECONDS", 90, minimum=1, maximum=600),
+        # Buying credits (app/billing.py). With no STRIPE_SECRET_KEY payments are off, except that `flask serve`
+        # then starts the local Stripe stand-in (app/stripe_standin.py) and uses it, unless STRIPE_STANDIN is off.
+        "STRIPE_SECRET_KEY": env_secret(env, "STRIPE_SECRET_KEY"),
+        "STRIPE_WEBHOOK_SECRET": env_secret(env, "STRIPE_WEBHOOK_SECRET"),
+        # The secret being rotated out: signatures made with either are accepted until it is removed.
+        "STRIPE_WEBHOOK_SECRET_PREVIOUS": env_secret(env, "STRIPE_WEBHOOK_SECRET_PREVIOUS"),
+        # The Connect endpoint (events from host owners' accounts: account.updated, payout.failed) has its own.
+        "STRIPE_CONNECT_WEBHOOK_SECRET": env_secret(env, "STRIPE_CONNECT_WEBHOOK_SECRET"),
+        "STRIPE_API_BASE": env_str(env, "STRIPE_API_BASE", "https://api.stripe.com"),
+        "STRIPE_STANDIN": env_bool(env, "STRIPE_STANDIN", not production),
+        "STRIPE_WEBHOOK_TOLERANCE_SECONDS": env_int(env, "STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300, minimum=1,
+                                                    maximum=3600),
+        "CREDITS_MIN_PURCHASE_USD": env_int(env, "CREDITS_MIN_PURCHASE_USD", 5, minimum=1, maximum=10_000),
+        "CREDITS_MAX_PURCHASE_USD": env_int(env, "CREDITS_MAX_PURCHASE_USD", 1000, minimum=1, maximum=100_000),
+        "LOW_BALANCE_USD": env_int(env, "LOW_BALANCE_USD", 2, minimum=0, maximum=100_000),
+        # Host payouts through Stripe Connect (app/payouts.py, jobs/payouts.py): how often the job runs, the
+        # smallest payout (an owner may have a higher threshold), and how often an unanswered transfer is retried.
+        "PAYOUT_INTERVAL_SECONDS": env_int(env, "PAYOUT_INTERVAL_SECONDS", 3600, minimum=60, maximum=7 * 86400),
+        "PAYOUT_THRESHOLD_USD": env_int(env, "PAYOUT_THRESHOLD_USD", 10, minimum=1, maximum=100_000),
+        "PAYOUT_MAX_ATTEMPTS": env_int(env, "PAYOUT_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
         "ENROLLMENT_KEY_TTL_HOURS": env_int(env, "ENROLLMENT_KEY_TTL_HOURS", 24, minimum=1, maximum=24 * 30),
         "MAX_CONTENT_LENGTH": env_int(env, "MAX_REQUEST_BYTES", 2 * 1024 * 1024, minimum=1024),
     }

@@ -53,12 +53,47 @@ def grant(admin: User | None, client: User, amount: int, *, memo: str, transfer_
     """Give ``client`` credits from the platform (promotions, support, the demo). Idempotent by ``transfer_id``."""
     if not 0 < amount <= MAX_GRANT:
         raise LedgerError("A grant must be more than zero and at most $100,000.")
-    posted = post(transfer_id, "grant", [(account_id("grants"), -amount), (account_id("client", client), amount)],
-                  memo=memo, created_by=admin)
+    posted = post(transfer_id, "grant", credit_entries(account_id("grants"), client, amount), memo=memo,
+                  created_by=admin)
     if posted:
         audit.record(admin, "credits.grant", "user", client.id, amount=amount, memo=memo, transfer=transfer_id)
     db.session.commit()
     return posted
+
+
+def _lock_client(client: User | int) -> LedgerAccount:
+    """The client's account, locked (as ``gs_hold`` locks it) so its balance can't move while we split a posting."""
+    acct_id = account_id("client", client)
+    return db.session.execute(select(LedgerAccount).where(LedgerAccount.id == acct_id).with_for_update(key_share=True)
+                              .execution_options(populate_existing=True)).scalar_one()
+
+
+def owed(client: User | int) -> int:
+    """What ``client`` owes the platform (a refund or dispute outran its balance); 0 when nothing."""
+    user_id = getattr(client, "id", client)
+    balance = db.session.scalar(select(LedgerAccount.balance).where(LedgerAccount.kind == "receivable",
+                                                                    LedgerAccount.user_id == user_id))
+    return -(balance or 0)
+
+
+def credit_entries(source: int, client: User | int, amount: int) -> list[tuple[int, int]]:
+    """Entries moving ``amount`` from ``source`` to ``client``, paying what the client owes first."""
+    _lock_client(client)
+    debt = min(owed(client), amount)
+    entries = [(source, -amount), (account_id("client", client), amount - debt)]
+    if debt:
+        entries.append((account_id("receivable", client), debt))
+    return entries
+
+
+def debit_entries(sink: int, client: User | int, amount: int) -> list[tuple[int, int]]:
+    """Entries taking ``amount`` from ``client`` to ``sink``; what its available balance can't cover is owed."""
+    acct = _lock_client(client)
+    taken = min(amount, max(acct.available, 0))
+    entries = [(sink, amount), (acct.id, -taken)]
+    if amount - taken:
+        entries.append((account_id("receivable", client), taken - amount))
+    return entries
 
 
 def balance(user: User) -> LedgerAccount:

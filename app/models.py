@@ -240,7 +240,7 @@ class LedgerAccount(db.Model):
 
     __tablename__ = "ledger_accounts"
 
-    KINDS = ("client", "host", "platform_fees", "grants")
+    KINDS = ("client", "host", "platform_fees", "grants", "stripe", "receivable", "payouts_pending")
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -252,8 +252,11 @@ class LedgerAccount(db.Model):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
 
     __table_args__ = (
-        CheckConstraint("kind IN ('client', 'host', 'platform_fees', 'grants')", name="kind_known"),
-        CheckConstraint("(user_id IS NOT NULL) = (kind IN ('client', 'host'))", name="owner_matches_kind"),
+        CheckConstraint("kind IN ('client', 'host', 'platform_fees', 'grants', 'stripe', 'receivable', "
+                        "'payouts_pending')", name="kind_known"),
+        CheckConstraint("(user_id IS NOT NULL) = (kind IN ('client', 'host', 'receivable'))",
+                        name="owner_matches_kind"),
+        CheckConstraint("kind <> 'receivable' OR balance <= 0", name="receivable_owed"),
         CheckConstraint("held >= 0", name="held_not_negative"),
         CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
         CheckConstraint("allow_negative OR balance + credit_limit - held >= 0", name="no_overdraft"),
@@ -349,4 +352,135 @@ class UsageRecord(db.Model):
     __table_args__ = (
         CheckConstraint("cost >= 0 AND cost <= held", name="cost_within_hold"),
         Index("ix_usage_records_user_created", "user_id", text("created_at DESC")),
+    )
+
+
+class PriceHistory(db.Model):
+    """One pricing decision for a model: the market it saw over the minutes ending ``at``, and the move."""
+
+    __tablename__ = "price_history"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    old_input_price: Mapped[int] = mapped_column(BigInteger)
+    new_input_price: Mapped[int] = mapped_column(BigInteger)
+    old_output_price: Mapped[int] = mapped_column(BigInteger)
+    new_output_price: Mapped[int] = mapped_column(BigInteger)
+    demand: Mapped[int] = mapped_column(BigInteger)  # tokens per minute, served plus refused
+    supply: Mapped[int] = mapped_column(BigInteger)  # tokens per minute the healthy hosts can serve
+    refused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # requests in the window
+    reason: Mapped[str] = mapped_column(String(16))
+
+    model: Mapped[CatalogModel] = relationship()
+
+    # One decision per model per window: a job run twice moves the price once.
+    __table_args__ = (UniqueConstraint("model_id", "at", name="uq_price_history_model_id_at"),)
+
+
+class Purchase(db.Model):
+    """Credits bought through one Stripe Checkout Session; credited only when Stripe's webhook says paid."""
+
+    __tablename__ = "purchases"
+
+    STATUSES = ("open", "processing", "paid", "failed")
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    session_id: Mapped[str] = mapped_column(String(255), unique=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3), default="usd", server_default="usd")
+    status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    refunded: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    disputed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    paid_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("status IN ('open', 'processing', 'paid', 'failed')", name="status_known"),
+        CheckConstraint("refunded >= 0 AND disputed >= 0 AND refunded + disputed <= amount",
+                        name="reversals_within_amount"),
+        Index("ix_purchases_user_created", "user_id", text("created_at DESC")),
+    )
+
+
+class StripeEvent(db.Model):
+    """A webhook event, stored by Stripe's id in the transaction that acts on it (the deduplication).
+
+    ``applied`` is false for a refund or dispute that arrived before its payment was credited; it is
+    applied when the payment lands."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    applied: Mapped[bool] = mapped_column(Boolean)
+    payload: Mapped[dict] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_stripe_events_waiting", "payment_intent_id", postgresql_where=text("NOT applied")),
+    )
+
+
+class PayoutAccount(db.Model):
+    """A host owner's Stripe Connect (Express) account and how far its onboarding went."""
+
+    __tablename__ = "payout_accounts"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), primary_key=True)
+    stripe_account_id: Mapped[str] = mapped_column(String(255), unique=True)
+    details_submitted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    payouts_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    threshold: Mapped[int | None] = mapped_column(BigInteger)  # micro-USD; None: PAYOUT_THRESHOLD_USD
+    bank_payout_error: Mapped[str | None] = mapped_column(Text)  # the last ``payout.failed``, until one is paid
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (CheckConstraint("threshold IS NULL OR threshold > 0", name="threshold_positive"),)
+
+    @property
+    def state(self) -> str:
+        """'details needed' until Stripe has what it asks for, then 'ready' once it lets us pay the account."""
+        if self.payouts_enabled:
+            return "ready"
+        return "details needed"
+
+
+class Payout(db.Model):
+    """One Stripe transfer of a host owner's earnings; its idempotency key is stored before the call."""
+
+    __tablename__ = "payouts"
+
+    STATUSES = ("pending", "paid", "failed", "needs_attention")
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    amount: Mapped[int] = mapped_column(BigInteger)  # micro-USD, whole cents
+    destination: Mapped[str] = mapped_column(String(255))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    stripe_transfer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    user: Mapped[User] = relationship()
+
+    __table_args__ = (
+        CheckConstraint("amount > 0 AND amount % 10000 = 0", name="amount_whole_cents"),
+        CheckConstraint("status IN ('pending', 'paid', 'failed', 'needs_attention')", name="status_known"),
+        CheckConstraint("status <> 'paid' OR stripe_transfer_id IS NOT NULL", name="paid_has_transfer"),
+        Index("uq_payouts_one_open", "user_id", unique=True,
+              postgresql_where=text("status IN ('pending', 'needs_attention')")),
+        Index("ix_payouts_user_created", "user_id", text("created_at DESC")),
     )

@@ -6,6 +6,7 @@ and stops what it started, embedded servers included, when interrupted.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+
+from hostkit.engine import free_port
 
 from . import ROOT, catalog, demo, demo_network
 from .extensions import db
@@ -147,6 +150,29 @@ DEMO_STOP_SECONDS = 60  # the agent lets requests in flight finish, then stops i
 DEMO_MODELS = {"smollm2": catalog.DEMO_MODEL, "tiny-chat": catalog.TINY_TEST_MODEL}
 
 
+def _start_stripe_standin(public: str) -> subprocess.Popen | None:
+    """With no Stripe key, start the local Stripe stand-in (app/stripe_standin.py) so credits can be bought
+    for play; the web app and workers get its made-up key and webhook secret through the environment."""
+    config = current_app.config
+    if config["STRIPE_SECRET_KEY"] or not config["STRIPE_STANDIN"]:
+        return None
+    port = free_port()
+    settings = {"STRIPE_SECRET_KEY": f"sk_test_standin_{secrets.token_hex(16)}",
+                "STRIPE_WEBHOOK_SECRET": f"whsec_standin_{secrets.token_hex(16)}",
+                "STRIPE_CONNECT_WEBHOOK_SECRET": f"whsec_standin_{secrets.token_hex(16)}",
+                "STRIPE_API_BASE": f"http://127.0.0.1:{port}"}
+    os.environ.update(settings)
+    config.update(settings)
+    env = {**_child_env(), "STRIPE_STANDIN_API_KEY": settings["STRIPE_SECRET_KEY"],
+           "STRIPE_STANDIN_WEBHOOK_SECRET": settings["STRIPE_WEBHOOK_SECRET"],
+           "STRIPE_STANDIN_CONNECT_WEBHOOK_SECRET": settings["STRIPE_CONNECT_WEBHOOK_SECRET"]}
+    click.echo(f"Starting the local Stripe stand-in on {settings['STRIPE_API_BASE']} (no real payments)...")
+    return subprocess.Popen([sys.executable, "-m", "app.stripe_standin", "--port", str(port),
+                             "--webhook-url", f"{public}/stripe/webhook",
+                             "--connect-webhook-url", f"{public}/stripe/connect-webhook"], env=env, cwd=ROOT,
+                            preexec_fn=_detach_from_terminal)
+
+
 def _start_demo_host(model: str, data_dir: Path, router_url: str, own_machine: bool, env: dict):
     """The demo host joins like any host: ``hostkit register`` with its owner's enrollment key, approval by
     the seeded admin, then ``hostkit agent``, which brings up the overlay and the engine. With
@@ -224,6 +250,9 @@ def serve_command(host: str, port: int, workers: int, demo_model: str) -> None:
             os.environ.update(endpoint)
             current_app.config.update(endpoint)
         info = demo.ensure_demo(data_dir, f"{public}/v1")
+        standin = _start_stripe_standin(public)
+        if standin is not None:
+            children.append(standin)
         click.echo(f"Starting the web app on {public} ({workers} gevent workers)...")
         env = _child_env()
         web = subprocess.Popen(_gunicorn_command(binds, workers), env=env, cwd=ROOT,

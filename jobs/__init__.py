@@ -1,4 +1,4 @@
-"""Background work run by RQ: health checks of hosts, and the sweeper that voids stale holds.
+"""Background work run by RQ: health checks of hosts, the sweeper that voids stale holds, pricing, payouts.
 
 Jobs are plain functions that run inside the Flask app's context and return
 what they did, so a test calls them directly. This module is the registry:
@@ -34,10 +34,12 @@ class Periodic:
 
 
 def periodic() -> list[Periodic]:
-    from . import health, holds
+    from . import health, holds, payouts, pricing
 
     config = current_app.config
     return [
         Periodic(health.check_hosts, config["HEALTH_CHECK_SECONDS"], timeout_seconds=120),
         Periodic(holds.void_expired, 60, timeout_seconds=60),
+        Periodic(pricing.update_prices, config["PRICING_INTERVAL_SECONDS"], timeout_seconds=60),
+        Periodic(payouts.pay_hosts, config["PAYOUT_INTERVAL_SECONDS"], timeout_seconds=600),
     ]

@@ -34,7 +34,8 @@ def test_it_lists_the_models_healthy_hosts_serve_through_the_sdk(sdk, people):
     assert all(m.object == "model" and m.owned_by == "gpushare" for m in models)
     llama = models.data[0].model_dump()
     assert llama["pricing"] == {"currency": "USD", "input_per_million_tokens": "0.05",
-                                "output_per_million_tokens": "0.08"} and llama["context_length"] == 131072
+                                "output_per_million_tokens": "0.08", "reference_input_per_million_tokens": "0.15",
+                                "reference_output_per_million_tokens": "0.60"} and llama["context_length"] == 131072
     assert sdk(secret).models.retrieve("Qwen/Qwen2.5-7B-Instruct").id == "Qwen/Qwen2.5-7B-Instruct"
 
 

@@ -18,6 +18,7 @@ import psycopg
 from flask import Flask, Response, current_app, g, request, stream_with_context
 from sqlalchemy import create_engine
 
+from .. import pricing
 from ..api_keys import KeyInfo
 from ..extensions import db
 from . import admission, normalise
@@ -51,6 +52,9 @@ class Gateway:
                                  config["UPSTREAM_CHUNK_TIMEOUT"])
         self.meter = Meter(config["TOKENIZERS_DIR"])
         self.limiter = RateLimiter(app.extensions["redis"])
+        self.cache = app.extensions["redis"]
+        # Refusal counters outlive two pricing windows, so the pricing job always finds the minutes it reads.
+        self.refusal_ttl = 2 * config["PRICING_INTERVAL_SECONDS"] + 120
         self.fee_bps = config["PLATFORM_FEE_BPS"]
         self.hold_ttl = config["HOLD_TTL_SECONDS"]
         self.max_attempts = config["ROUTING_MAX_ATTEMPTS"]
@@ -133,6 +137,9 @@ class Call:
             if refusal == "spend_limit":
                 raise ApiError(402, "This API key has reached its spend limit. Raise it or use another key.",
                                code="spend_limit_reached", headers=headers)
+            if refusal == "receivable":
+                raise ApiError(402, "This account owes money after a refund or dispute. Settle it on the billing "
+                                    "page to send requests again.", code="payment_owed", headers=headers)
             raise ApiError(402, "Your credit balance is too low for this request. Add credits on the billing page.",
                            code="insufficient_credits", headers=headers)
         self.granted, self.held = granted, amount
@@ -221,6 +228,7 @@ def complete(endpoint: str):
     candidates = call.gw.routing.candidates(call.offer)
     if not candidates:
         call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
+        pricing.record_refusal(call.gw.cache, call.offer.id, call.reserved_tokens, call.gw.refusal_ttl)
         raise ApiError(503, f"No host is serving '{call.offer.hf_id}' right now. Try again shortly.",
                        code="no_host_available", headers={**call.headers(), "Retry-After": NO_HOST_RETRY_AFTER})
     call.hold()

@@ -32,15 +32,16 @@ def load_user(user_id: str) -> User | None:
 
 
 def register_web(app: Flask) -> None:
-    from . import admin, auth, hosts, keys, pages, usage
+    from . import admin, auth, billing, hosts, keys, pages, usage
 
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Log in to see that page."
     login_manager.login_message_category = "info"
     login_manager.session_protection = "strong"
 
-    for module in (pages, auth, keys, usage, hosts, admin):
+    for module in (pages, auth, keys, usage, billing, hosts, admin):
         app.register_blueprint(module.bp)
+    app.register_blueprint(billing.webhook_bp)
 
     app.add_template_filter(format_usd, "usd")
     app.add_template_filter(lambda mib: f"{mib / 1024:g} GiB" if mib else "none (CPU)", "vram")

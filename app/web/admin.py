@@ -7,10 +7,10 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 from sqlalchemy import case, func, select
 
-from .. import accounts, catalog, diagnostics, ledger
+from .. import accounts, catalog, diagnostics, ledger, payouts
 from .. import hosts as host_service
 from ..extensions import db
-from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, User
+from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, Payout, User
 from . import flash_error, role_required
 from .forms import ActionForm, CatalogModelForm, GrantForm, InviteForm
 
@@ -149,6 +149,21 @@ def _hosts_page(diagnostics: dict | None = None, status: int = 200):
     groups = [(status_name, [h for h in rows if h.status == status_name]) for status_name in FLEET_ORDER]
     return render_template("admin/hosts.html", groups=groups, counts=_fleet_counts(), diagnostics=diagnostics or {},
                            action_form=ActionForm()), status
+
+
+@bp.get("/payouts")
+def payouts_page():
+    """Host payouts that are open, failed, or need a person."""
+    return render_template("admin/payouts.html", groups=payouts.needing_attention(),
+                           bank_failures=payouts.bank_failures(), action_form=ActionForm())
+
+
+@bp.post("/payouts/<int:payout_id>/retry")
+def retry_payout(payout_id: int):
+    payout = db.session.get(Payout, payout_id) or abort(404)
+    payouts.admin_reset(payout)
+    flash(f"Payout {payout_id} will be sent again with its same idempotency key.", "success")
+    return redirect(url_for("admin.payouts_page"))
 
 
 @bp.get("/hosts")

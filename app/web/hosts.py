@@ -9,7 +9,7 @@ from wtforms import StringField, TextAreaField
 from wtforms.validators import Length
 
 from .. import hosts as host_service
-from .. import schedule
+from .. import payouts, schedule
 from ..extensions import db
 from ..models import Host, utcnow
 from . import role_required
@@ -84,7 +84,8 @@ def _page(*, forms: dict | None = None, model_errors: dict | None = None, **cont
         forms={host.id: schedule_form(host) for host in machines} | (forms or {}),
         model_rows={host.id: host_service.models_for(host) for host in machines},
         vram_by_host={host.id: host_service.gpu_memory_mib(host) for host in machines},
-        model_errors=model_errors or {}, **context)
+        model_errors=model_errors or {}, payout=payouts.summary(current_user),
+        payouts_enabled=payouts.enabled(), **context)
 
 
 @bp.get("")
@@ -167,4 +168,42 @@ def set_model(host_id: int):
         return render_template("hosts/_models.html", **context), 400 if error else 200
     if error:
         return _page(model_errors={host.id: error}), 400
+    return redirect(url_for("hosts.dashboard"))
+
+
+@bp.post("/payouts/setup")
+@role_required("host")
+def payouts_setup():
+    """Send the host to Stripe's onboarding for their Express account (made on first use)."""
+    try:
+        url = payouts.onboarding_link(current_user, refresh_url=url_for("hosts.payouts_refresh", _external=True),
+                                      return_url=url_for("hosts.payouts_return", _external=True))
+    except payouts.PayoutError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("hosts.dashboard"))
+    return redirect(url, 303)
+
+
+@bp.get("/payouts/refresh")
+@role_required("host")
+def payouts_refresh():
+    """Stripe's link expired or was used: make a new one."""
+    try:
+        url = payouts.onboarding_link(current_user, refresh_url=url_for("hosts.payouts_refresh", _external=True),
+                                      return_url=url_for("hosts.payouts_return", _external=True))
+    except payouts.PayoutError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("hosts.dashboard"))
+    return redirect(url, 303)
+
+
+@bp.get("/payouts/return")
+@role_required("host")
+def payouts_return():
+    """Back from Stripe's onboarding: read the account's state (the redirect itself proves nothing)."""
+    account = payouts.refresh_account(current_user)
+    if account is not None and account.payouts_enabled:
+        flash("Payouts are set up.", "success")
+    elif account is not None:
+        flash("Stripe still needs some details before it can pay you.", "error")
     return redirect(url_for("hosts.dashboard"))

@@ -1,10 +1,10 @@
-"""Public pages: the home page and the model list."""
+"""Public pages: the home page and the model list with prices and their recent moves."""
 from __future__ import annotations
 
 from flask import Blueprint, render_template
 from sqlalchemy import text
 
-from .. import catalog
+from .. import catalog, pricing
 from ..extensions import db, redis_client
 
 bp = Blueprint("pages", __name__)
@@ -17,7 +17,9 @@ def home():
 
 @bp.get("/models")
 def models():
-    return render_template("pages/models.html", models=catalog.public_models())
+    models = catalog.public_models()
+    return render_template("pages/models.html", models=models,
+                           moves=pricing.recent_moves([m.id for m in models]))
 
 
 @bp.get("/healthz")

@@ -1,0 +1,282 @@
+"""Buying credits with Stripe Checkout, and acting on Stripe's webhook events.
+
+A purchase starts as a Checkout Session; credits land in the ledger only when a
+signed webhook event says the payment succeeded, never from the browser's
+redirect. Every event is stored by its id in the transaction that acts on it,
+so a second delivery changes nothing. Events about one payment are serialised
+on a lock keyed by its PaymentIntent, so a refund or dispute that arrives
+before the payment it reverses waits (``applied`` false) and is applied when
+the payment lands: the final balance does not depend on the order.
+
+Amounts: Stripe speaks cents, the ledger micro-USD (one cent is 10,000).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import stripe
+from flask import current_app
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+
+from . import ledger
+from .extensions import db
+from .models import Purchase, StripeEvent, User, utcnow
+
+MICRO_PER_CENT = 10_000
+PACKS_USD = (5, 20, 50)
+CURRENCY = "usd"
+
+
+class BillingError(ValueError):
+    """A purchase that cannot be started; the message is for the client."""
+
+
+class WebhookRejected(ValueError):
+    """A webhook delivery that is not provably from Stripe, or not fresh; nothing was changed."""
+
+
+def enabled() -> bool:
+    """Whether purchases can be made: a Stripe key (real, or the local stand-in's) is configured."""
+    return bool(current_app.config.get("STRIPE_SECRET_KEY"))
+
+
+def stripe_client() -> stripe.StripeClient:
+    config = current_app.config
+    return stripe.StripeClient(config["STRIPE_SECRET_KEY"], base_addresses={"api": config["STRIPE_API_BASE"]},
+                               max_network_retries=2)
+
+
+def limits() -> tuple[int, int]:
+    """The smallest and largest purchase, in whole dollars."""
+    return current_app.config["CREDITS_MIN_PURCHASE_USD"], current_app.config["CREDITS_MAX_PURCHASE_USD"]
+
+
+def start_checkout(user: User, dollars: int, *, success_url: str, cancel_url: str) -> tuple[Purchase, str]:
+    """Create a Checkout Session for ``dollars`` of credits; returns the purchase and the URL to send the client to."""
+    if not enabled():
+        raise BillingError("Payments are not set up on this server.")
+    low, high = limits()
+    if not low <= dollars <= high:
+        raise BillingError(f"Choose an amount from ${low} to ${high:,}.")
+    cents = dollars * 100
+    try:
+        session = stripe_client().v1.checkout.sessions.create(params={
+            "mode": "payment",
+            "line_items": [{"quantity": 1, "price_data": {
+                "currency": CURRENCY, "unit_amount": cents,
+                "product_data": {"name": f"gpushare credits (${dollars:,})"}}}],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "client_reference_id": str(user.id),
+            "customer_email": user.email,
+            "metadata": {"user_id": str(user.id), "credits_usd": str(dollars)},
+            "payment_intent_data": {"metadata": {"user_id": str(user.id)}},
+        }, options={"idempotency_key": f"checkout-{user.id}-{uuid.uuid4().hex}"})
+    except stripe.StripeError as exc:
+        current_app.logger.warning("Stripe refused a checkout session: %s", exc)
+        raise BillingError("Stripe could not start the payment. Try again in a moment.") from None
+    purchase = Purchase(user_id=user.id, session_id=session.id, amount=cents * MICRO_PER_CENT, currency=CURRENCY)
+    db.session.add(purchase)
+    db.session.commit()
+    return purchase, session.url
+
+
+def purchases(user: User, limit: int = 50) -> list[Purchase]:
+    return list(db.session.scalars(select(Purchase).where(Purchase.user_id == user.id)
+                                   .order_by(Purchase.created_at.desc(), Purchase.id.desc()).limit(limit)))
+
+
+def get_purchase(user: User, *, purchase_id: int | None = None, session_id: str | None = None) -> Purchase | None:
+    """The user's own purchase by id or Checkout Session id; None for anyone else's."""
+    query = select(Purchase).where(Purchase.user_id == user.id)
+    query = query.where(Purchase.id == purchase_id) if purchase_id is not None else \
+        query.where(Purchase.session_id == session_id)
+    return db.session.scalar(query.execution_options(populate_existing=True))
+
+
+# --- the webhook -------------------------------------------------------------------------------------------------
+
+def verify(payload: bytes, header: str | None, *, now: float | None = None,
+           secret_keys: tuple[str, ...] = ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS")) -> dict:
+    """The event in ``payload`` when ``header`` carries a valid Stripe signature made within the tolerance.
+
+    Stripe's library checks the signature (any ``v1`` entry, against the current or the previous secret)
+    and refuses old timestamps; it accepts ones from the future, so both directions are checked here."""
+    config = current_app.config
+    if not header:
+        raise WebhookRejected("missing Stripe-Signature header")
+    secrets = [config.get(key) for key in secret_keys if config.get(key)]
+    if not secrets:
+        raise WebhookRejected(f"webhooks are not configured (no {secret_keys[0]})")
+    tolerance = config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"]
+    try:
+        timestamp = int(dict(item.split("=", 1) for item in header.split(",") if "=" in item)["t"])
+        body = payload.decode("utf-8")
+    except (KeyError, ValueError):
+        raise WebhookRejected("malformed Stripe-Signature header or body") from None
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        raise WebhookRejected("timestamp outside the tolerance")
+    for secret in secrets:
+        try:
+            stripe.WebhookSignature.verify_header(body, header, secret, tolerance)
+            break
+        except stripe.SignatureVerificationError:
+            continue
+    else:
+        raise WebhookRejected("no valid signature")
+    try:
+        event = json.loads(body)
+        shaped = isinstance(event["id"], str) and isinstance(event["type"], str) and \
+            isinstance(event["data"]["object"], dict)
+    except (ValueError, KeyError, TypeError):
+        shaped = False
+    if not shaped:
+        raise WebhookRejected("not a Stripe event")
+    return event
+
+
+def handle_event(event: dict) -> str:
+    """Act on one verified event, exactly once; returns what happened, in a word or two."""
+    obj = event["data"]["object"]
+    payment_intent = _payment_intent(obj)
+    if payment_intent:
+        # Every event about one payment takes this lock first: a refund that comes before the payment's
+        # completion is stored as waiting before the completion looks for waiting events, never beside it.
+        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:pi))"), {"pi": payment_intent})
+    stored = db.session.execute(
+        insert(StripeEvent).values(id=event["id"], type=event["type"], payment_intent_id=payment_intent,
+                                   applied=True, payload=event)
+        .on_conflict_do_nothing(index_elements=["id"]).returning(StripeEvent.id)).scalar_one_or_none()
+    if stored is None:
+        db.session.rollback()
+        return "duplicate"
+    handler = HANDLERS.get(event["type"])
+    outcome = handler(event) if handler else "ignored"
+    db.session.commit()
+    return outcome
+
+
+def _payment_intent(obj: dict) -> str | None:
+    value = obj.get("payment_intent")
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _stripe_account() -> int:
+    return ledger.account_id("stripe")
+
+
+def _lock_purchase(**where) -> Purchase | None:
+    query = select(Purchase).filter_by(**where).with_for_update()
+    return db.session.scalar(query.execution_options(populate_existing=True))
+
+
+def _session_purchase(session: dict) -> Purchase | None:
+    """The purchase for a Checkout Session, recorded now if the session was made elsewhere for a known client."""
+    purchase = _lock_purchase(session_id=session["id"])
+    if purchase is not None:
+        return purchase
+    user_id = str(session.get("client_reference_id") or (session.get("metadata") or {}).get("user_id") or "")
+    if not user_id.isdigit() or db.session.get(User, int(user_id)) is None or not session.get("amount_total"):
+        return None
+    db.session.execute(insert(Purchase).values(
+        user_id=int(user_id), session_id=session["id"], amount=session["amount_total"] * MICRO_PER_CENT,
+        currency=session.get("currency") or CURRENCY).on_conflict_do_nothing(index_elements=["session_id"]))
+    return _lock_purchase(session_id=session["id"])
+
+
+def _session_completed(event: dict) -> str:
+    session = event["data"]["object"]
+    purchase = _session_purchase(session)
+    if purchase is None:
+        return "unknown session"
+    payment_intent = _payment_intent(session)
+    if payment_intent and purchase.payment_intent_id is None:
+        purchase.payment_intent_id = payment_intent
+    paid = event["type"] == "checkout.session.async_payment_succeeded" or session.get("payment_status") == "paid"
+    if not paid:
+        if purchase.status == "open":
+            purchase.status = "processing"
+        return "awaiting payment"
+    if purchase.status == "paid":
+        return "already credited"
+    if session.get("amount_total") is not None and session["amount_total"] * MICRO_PER_CENT != purchase.amount:
+        current_app.logger.warning("checkout session %s paid %s cents, not the %s micro-USD asked for",
+                                   session["id"], session["amount_total"], purchase.amount)
+        purchase.amount = session["amount_total"] * MICRO_PER_CENT
+    ledger.post(f"purchase:{purchase.session_id}", "purchase",
+                ledger.credit_entries(_stripe_account(), purchase.user_id, purchase.amount),
+                memo=f"Stripe Checkout {purchase.session_id}")
+    purchase.status, purchase.paid_at = "paid", utcnow()
+    db.session.flush()
+    if purchase.payment_intent_id:
+        waiting = db.session.scalars(select(StripeEvent).where(
+            StripeEvent.payment_intent_id == purchase.payment_intent_id, StripeEvent.applied.is_(False))
+            .order_by(StripeEvent.received_at, StripeEvent.id).with_for_update())
+        for stored in waiting:
+            HANDLERS[stored.type](stored.payload)
+            stored.applied = True
+    return "credited"
+
+
+def _session_failed(event: dict) -> str:
+    purchase = _session_purchase(event["data"]["object"])
+    if purchase is None:
+        return "unknown session"
+    if purchase.status in ("open", "processing"):
+        purchase.status = "failed"
+        return "failed"
+    return "unchanged"
+
+
+def _reversal(event: dict, kind: str, transfer_id: str, wanted) -> str:
+    """Take back part of a paid purchase (a refund or a dispute); waits when the payment isn't credited yet."""
+    obj = event["data"]["object"]
+    purchase = _lock_purchase(payment_intent_id=_payment_intent(obj))
+    if purchase is None or purchase.status != "paid":
+        db.session.execute(StripeEvent.__table__.update().where(StripeEvent.id == event["id"]).values(applied=False))
+        return "waiting for payment"
+    room = purchase.amount - purchase.refunded - purchase.disputed
+    amount = max(0, min(wanted(purchase), room))
+    if amount == 0:
+        return "nothing to take"
+    if not ledger.post(transfer_id, kind, ledger.debit_entries(_stripe_account(), purchase.user_id, amount),
+                       memo=f"Stripe {kind} of {purchase.session_id}"):
+        return "already taken"
+    if kind == "refund":
+        purchase.refunded += amount
+    else:
+        purchase.disputed += amount
+    db.session.flush()
+    return f"{kind} taken"
+
+
+def _charge_refunded(event: dict) -> str:
+    # amount_refunded is the charge's running total, so a late partial refund never takes twice.
+    total = event["data"]["object"]["amount_refunded"] * MICRO_PER_CENT
+    return _reversal(event, "refund", f"refund:{event['id']}", lambda purchase: total - purchase.refunded)
+
+
+def _dispute_created(event: dict) -> str:
+    dispute = event["data"]["object"]
+    return _reversal(event, "dispute", f"dispute:{dispute['id']}", lambda purchase: dispute["amount"] * MICRO_PER_CENT)
+
+
+HANDLERS = {
+    "checkout.session.completed": _session_completed,
+    "checkout.session.async_payment_succeeded": _session_completed,
+    "checkout.session.async_payment_failed": _session_failed,
+    "checkout.session.expired": _session_failed,
+    "charge.refunded": _charge_refunded,
+    "charge.dispute.created": _dispute_created,
+}
+
+
+def totals(user: User) -> dict:
+    """Bought and taken back, over all of the user's purchases."""
+    row = db.session.execute(select(
+        func.coalesce(func.sum(Purchase.amount).filter(Purchase.status == "paid"), 0),
+        func.coalesce(func.sum(Purchase.refunded + Purchase.disputed), 0)).where(Purchase.user_id == user.id)).one()
+    return {"bought": row[0], "reversed": row[1]}

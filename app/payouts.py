@@ -1,0 +1,384 @@
+"""Paying host owners their earnings through Stripe Connect.
+
+An owner connects a Stripe Express account (account-link onboarding). The
+payout job then pays each owner whose available earnings reach the threshold:
+
+1. one transaction stores the payout with a fresh idempotency key and moves
+   the amount (whole cents) from the owner's ``host`` ledger account to
+   ``payouts_pending``, so the same earnings can't be paid twice;
+2. ``transfers.create`` with that stored key;
+3. the transfer id is recorded and the amount leaves ``payouts_pending``.
+
+A crash between 2 and 3 leaves the payout pending; the next run repeats 2 with
+the same key and Stripe answers with the same transfer. Stripe forgets keys
+after 24 hours, so an older payout is first looked up by its metadata. A key
+that Stripe says was used with other parameters is never replaced: the payout
+needs a person's attention. A transfer Stripe refuses (no balance, an account
+that can't be paid) puts the amount back on the host account, still owed, and
+the owner is tried again later, a bounded number of times in a row.
+
+Connect webhook events keep the account's onboarding state (``account.updated``)
+and tell the host when Stripe could not move the money on to their bank
+(``payout.failed``, cleared by ``payout.paid``).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import stripe
+from flask import current_app
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+
+from . import ledger
+from .billing import MICRO_PER_CENT, stripe_client
+from .extensions import db
+from .models import LedgerAccount, Payout, PayoutAccount, StripeEvent, User, utcnow
+
+log = logging.getLogger(__name__)
+
+CURRENCY = "usd"
+# Stripe keeps idempotency keys for 24 hours; past this age a payout is looked up before it is sent again.
+KEY_TRUSTED_FOR = timedelta(hours=23)
+# How long one run owns a payout it is sending; a run that dies frees it after this.
+SEND_LEASE = timedelta(minutes=5)
+OPEN = ("pending", "needs_attention")
+
+
+class PayoutError(ValueError):
+    """Onboarding that cannot go on; the message is for the host."""
+
+
+@dataclass
+class Summary:
+    """A host owner's money, micro-USD: earned in all, on the host account, in flight, and paid out."""
+
+    earned: int = 0
+    available: int = 0
+    pending: int = 0
+    paid: int = 0
+    threshold: int = 0
+    fee_bps: int = 0
+    account: PayoutAccount | None = None
+    recent: list[Payout] | None = None
+
+    @property
+    def onboarding(self) -> str:
+        return self.account.state if self.account else "not started"
+
+
+def enabled() -> bool:
+    return bool(current_app.config.get("STRIPE_SECRET_KEY"))
+
+
+def default_threshold() -> int:
+    return current_app.config["PAYOUT_THRESHOLD_USD"] * 1_000_000
+
+
+def payout_account(user: User | int) -> PayoutAccount | None:
+    return db.session.get(PayoutAccount, getattr(user, "id", user), populate_existing=True)
+
+
+# --- onboarding -----------------------------------------------------------------------------------------------
+
+def onboarding_link(user: User, *, refresh_url: str, return_url: str) -> str:
+    """The Stripe-hosted onboarding page for ``user``'s Express account, made on first use."""
+    if not enabled():
+        raise PayoutError("Payouts are not set up on this server.")
+    client = stripe_client()
+    account = payout_account(user)
+    try:
+        if account is None:
+            created = client.v1.accounts.create(params={
+                "type": "express", "country": "US", "email": user.email,
+                "capabilities": {"transfers": {"requested": True}},
+                "metadata": {"user_id": str(user.id)},
+            }, options={"idempotency_key": f"connect-account-{user.id}"})
+            db.session.execute(insert(PayoutAccount).values(user_id=user.id, stripe_account_id=created.id)
+                               .on_conflict_do_nothing(index_elements=["user_id"]))
+            db.session.commit()
+            account = payout_account(user)
+        link = client.v1.account_links.create(params={
+            "account": account.stripe_account_id, "type": "account_onboarding",
+            "refresh_url": refresh_url, "return_url": return_url})
+    except stripe.StripeError as exc:
+        db.session.rollback()
+        log.warning("Stripe refused onboarding for user %s: %s", user.id, exc)
+        raise PayoutError("Stripe could not start the set-up. Try again in a moment.") from None
+    return link.url
+
+
+def refresh_account(user: User) -> PayoutAccount | None:
+    """Read the account's onboarding state back from Stripe (after the host returns from onboarding)."""
+    account = payout_account(user)
+    if account is None or not enabled():
+        return account
+    try:
+        remote = stripe_client().v1.accounts.retrieve(account.stripe_account_id)
+    except stripe.StripeError as exc:
+        log.warning("Stripe could not say how account %s stands: %s", account.stripe_account_id, exc)
+        return account
+    account.details_submitted = bool(remote.details_submitted)
+    account.payouts_enabled = bool(remote.payouts_enabled)
+    account.updated_at = utcnow()
+    db.session.commit()
+    return account
+
+
+# --- Connect webhook events ---------------------------------------------------------------------------------
+
+def handle_connect_event(event: dict) -> str:
+    """Act on one verified event from a connected account, exactly once (stored by id, as billing's are)."""
+    stored = db.session.execute(
+        insert(StripeEvent).values(id=event["id"], type=event["type"], applied=True, payload=event)
+        .on_conflict_do_nothing(index_elements=["id"]).returning(StripeEvent.id)).scalar_one_or_none()
+    if stored is None:
+        db.session.rollback()
+        return "duplicate"
+    obj = event["data"]["object"]
+    account_id = event.get("account") or (obj.get("id") if obj.get("object") == "account" else None)
+    account = db.session.scalar(select(PayoutAccount).where(PayoutAccount.stripe_account_id == account_id)
+                                .with_for_update()) if account_id else None
+    if account is None:
+        outcome = "ignored"
+    elif event["type"] == "account.updated":
+        account.details_submitted = bool(obj.get("details_submitted"))
+        account.payouts_enabled = bool(obj.get("payouts_enabled"))
+        account.updated_at = utcnow()
+        outcome = "account updated"
+    elif event["type"] == "payout.failed":
+        # Our transfer arrived; Stripe could not move it on to the host's bank. Shown until a payout succeeds.
+        reason = obj.get("failure_message") or obj.get("failure_code") or "the bank refused it"
+        account.bank_payout_error = f"{obj.get('failure_code') or 'failed'}: {reason}"[:2000]
+        account.updated_at = utcnow()
+        log.warning("Stripe payout %s to the bank of %s failed: %s", obj.get("id"), account_id, reason)
+        outcome = "bank payout failed"
+    elif event["type"] == "payout.paid":
+        account.bank_payout_error = None
+        account.updated_at = utcnow()
+        outcome = "bank payout paid"
+    else:
+        outcome = "ignored"
+    db.session.commit()
+    return outcome
+
+
+# --- reading --------------------------------------------------------------------------------------------------
+
+def summary(user: User) -> Summary:
+    """What the host's earnings page shows."""
+    host = ledger.account("host", user)
+    paid, pending = db.session.execute(select(
+        func.coalesce(func.sum(Payout.amount).filter(Payout.status == "paid"), 0),
+        func.coalesce(func.sum(Payout.amount).filter(Payout.status.in_(OPEN)), 0),
+    ).where(Payout.user_id == user.id)).one()
+    account = payout_account(user)
+    recent = db.session.scalars(select(Payout).where(Payout.user_id == user.id)
+                                .order_by(Payout.created_at.desc(), Payout.id.desc()).limit(10)).all()
+    result = Summary(earned=host.balance + paid + pending, available=host.available, pending=pending, paid=paid,
+                     threshold=(account and account.threshold) or default_threshold(),
+                     fee_bps=current_app.config["PLATFORM_FEE_BPS"], account=account, recent=recent)
+    db.session.commit()
+    return result
+
+
+def bank_failures() -> list[PayoutAccount]:
+    """Connected accounts whose last payout to the bank failed."""
+    return db.session.scalars(select(PayoutAccount).where(PayoutAccount.bank_payout_error.is_not(None))
+                              .order_by(PayoutAccount.updated_at.desc())).all()
+
+
+def needing_attention() -> dict[str, list[Payout]]:
+    """Payouts an admin should see: open ones and failed ones, newest first."""
+    rows = db.session.scalars(select(Payout).where(Payout.status != "paid")
+                              .order_by(Payout.created_at.desc(), Payout.id.desc()).limit(200)).all()
+    return {status: [p for p in rows if p.status == status] for status in ("needs_attention", "pending", "failed")}
+
+
+# --- the job's steps ------------------------------------------------------------------------------------------
+
+def due_owners() -> list[int]:
+    """Owners with a ready account, no open payout, and at least their threshold available."""
+    rows = db.session.execute(text("""
+        SELECT pa.user_id FROM payout_accounts pa
+        JOIN ledger_accounts la ON la.kind = 'host' AND la.user_id = pa.user_id
+        WHERE pa.payouts_enabled
+          AND la.balance + la.credit_limit - la.held >= coalesce(pa.threshold, :threshold)
+          AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.user_id = pa.user_id
+                          AND p.status IN ('pending', 'needs_attention'))
+          AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.user_id = pa.user_id AND p.status = 'failed'
+                          AND p.next_attempt_at > now())
+        ORDER BY pa.user_id"""), {"threshold": default_threshold()}).scalars().all()
+    db.session.commit()
+    return list(rows)
+
+
+def failures_in_a_row(user_id: int) -> int:
+    statuses = db.session.scalars(select(Payout.status).where(Payout.user_id == user_id)
+                                  .order_by(Payout.created_at.desc(), Payout.id.desc())
+                                  .limit(current_app.config["PAYOUT_MAX_ATTEMPTS"])).all()
+    count = 0
+    for status in statuses:
+        if status != "failed":
+            break
+        count += 1
+    return count
+
+
+def start(user_id: int) -> Payout | None:
+    """Step 1: store a payout and move its amount to ``payouts_pending``, in one transaction. None: nothing due."""
+    account = db.session.get(PayoutAccount, user_id)
+    if account is None or not account.payouts_enabled:
+        db.session.rollback()
+        return None
+    if failures_in_a_row(user_id) >= current_app.config["PAYOUT_MAX_ATTEMPTS"]:
+        db.session.rollback()
+        return None  # an admin looks first (the failures show on the admin's page)
+    host_id = ledger.account_id("host", user_id)
+    host = db.session.execute(select(LedgerAccount).where(LedgerAccount.id == host_id).with_for_update()
+                              .execution_options(populate_existing=True)).scalar_one()
+    amount = max(host.available, 0) // MICRO_PER_CENT * MICRO_PER_CENT  # whole cents; the rest stays owed
+    if amount <= 0 or amount < (account.threshold or default_threshold()):
+        db.session.rollback()
+        return None
+    payout_id = db.session.execute(
+        insert(Payout).values(user_id=user_id, amount=amount, destination=account.stripe_account_id,
+                              idempotency_key=f"payout-{uuid.uuid4()}")
+        .on_conflict_do_nothing(index_elements=["user_id"],
+                                index_where=text("status IN ('pending', 'needs_attention')"))
+        .returning(Payout.id)).scalar_one_or_none()
+    if payout_id is None:  # another run started one first
+        db.session.rollback()
+        return None
+    ledger.post(f"payout:{payout_id}", "payout", [(host_id, -amount), (ledger.account_id("payouts_pending"), amount)],
+                memo=f"payout {payout_id} to {account.stripe_account_id}")
+    db.session.commit()
+    return db.session.get(Payout, payout_id)
+
+
+def claim(payout_id: int) -> Payout | None:
+    """Own a pending payout for one send (compare-and-set on its lease); None when another run has it."""
+    claimed = db.session.execute(
+        update(Payout).where(Payout.id == payout_id, Payout.status == "pending", Payout.next_attempt_at <= func.now())
+        .values(attempts=Payout.attempts + 1, next_attempt_at=func.now() + SEND_LEASE, updated_at=func.now())
+        .returning(Payout.id)).scalar_one_or_none()
+    db.session.commit()
+    return db.session.get(Payout, payout_id, populate_existing=True) if claimed else None
+
+
+def find_transfer(client: stripe.StripeClient, payout: Payout):
+    """The transfer already made for ``payout``, found by its metadata; None when there is none."""
+    transfers = client.v1.transfers.list(params={"destination": payout.destination, "limit": 100})
+    for transfer in transfers.auto_paging_iter():
+        metadata = transfer.metadata.to_dict() if transfer.metadata else {}
+        if metadata.get("payout_id") == str(payout.id):
+            return transfer
+    return None
+
+
+def transfer(client: stripe.StripeClient, payout: Payout):
+    """Step 2: the Stripe transfer for ``payout``, made with its stored key (or found, once Stripe forgot the key)."""
+    if utcnow() - payout.created_at > KEY_TRUSTED_FOR:
+        found = find_transfer(client, payout)
+        if found is not None:
+            return found
+    return client.v1.transfers.create(params={
+        "amount": payout.amount // MICRO_PER_CENT, "currency": CURRENCY, "destination": payout.destination,
+        "metadata": {"payout_id": str(payout.id), "user_id": str(payout.user_id)},
+        "description": f"gpushare host earnings, payout {payout.id}",
+    }, options={"idempotency_key": payout.idempotency_key})
+
+
+def record_paid(payout: Payout, transfer_id: str) -> bool:
+    """Step 3: the payout is paid; its amount leaves ``payouts_pending`` for Stripe. False if already recorded."""
+    done = db.session.execute(
+        update(Payout).where(Payout.id == payout.id, Payout.status.in_(OPEN))
+        .values(status="paid", stripe_transfer_id=transfer_id, last_error=None, updated_at=func.now())
+        .returning(Payout.id)).scalar_one_or_none()
+    if done:
+        ledger.post(f"payout:{payout.id}:paid", "payout",
+                    [(ledger.account_id("payouts_pending"), -payout.amount),
+                     (ledger.account_id("stripe"), payout.amount)],
+                    memo=f"Stripe transfer {transfer_id}")
+    db.session.commit()
+    return bool(done)
+
+
+def _mark(payout: Payout, status: str, error: str, *, retry_in: timedelta | None = None) -> None:
+    values = {"status": status, "last_error": error[:2000], "updated_at": func.now()}
+    if retry_in is not None:
+        values["next_attempt_at"] = func.now() + retry_in
+    done = db.session.execute(update(Payout).where(Payout.id == payout.id, Payout.status == "pending")
+                              .values(**values).returning(Payout.id)).scalar_one_or_none()
+    if done and status == "failed":
+        # Stripe refused: no money moved, so the earnings are owed again.
+        ledger.post(f"payout:{payout.id}:returned", "payout",
+                    [(ledger.account_id("payouts_pending"), -payout.amount),
+                     (ledger.account_id("host", payout.user_id), payout.amount)],
+                    memo=f"payout {payout.id} failed: {error[:200]}")
+    db.session.commit()
+
+
+def retry_delay(failures: int) -> timedelta:
+    """Back off: one interval after the first failure, doubling, at most a day."""
+    interval = current_app.config["PAYOUT_INTERVAL_SECONDS"]
+    return timedelta(seconds=min(interval * 2 ** max(failures - 1, 0), 86400))
+
+
+def send(payout_id: int) -> str:
+    """Steps 2 and 3 for one pending payout; returns what became of it ('paid', 'failed', 'retry', ...)."""
+    payout = claim(payout_id)
+    if payout is None:
+        return "busy"
+    try:
+        made = transfer(stripe_client(), payout)
+    except stripe.IdempotencyError as exc:
+        # The stored key was used with other parameters: never invent a new key, a person must look.
+        log.error("payout %s: Stripe refused its idempotency key %s: %s", payout.id, payout.idempotency_key, exc)
+        _mark(payout, "needs_attention", f"idempotency key refused: {exc.user_message or exc}")
+        return "needs_attention"
+    except (stripe.InvalidRequestError, stripe.PermissionError, stripe.AuthenticationError) as exc:
+        # A definite refusal (no platform balance, an account that can't be paid): nothing was transferred.
+        error = f"{exc.code or type(exc).__name__}: {exc.user_message or exc}"
+        log.warning("payout %s refused by Stripe: %s", payout.id, error)
+        _mark(payout, "failed", error, retry_in=retry_delay(failures_in_a_row(payout.user_id) + 1))
+        return "failed"
+    except stripe.StripeError as exc:
+        # No answer, or Stripe's own error: the transfer may exist. Same key next time; give up to a person later.
+        error = f"{type(exc).__name__}: {exc.user_message or exc}"
+        if payout.attempts >= current_app.config["PAYOUT_MAX_ATTEMPTS"]:
+            log.error("payout %s: no answer from Stripe after %s attempts: %s", payout.id, payout.attempts, error)
+            _mark(payout, "needs_attention", error)
+            return "needs_attention"
+        _mark(payout, "pending", error, retry_in=retry_delay(payout.attempts))
+        return "retry"
+    record_paid(payout, made.id)
+    return "paid"
+
+
+def run() -> dict[str, int]:
+    """One pass of the payout job: resend open payouts whose time came, then start and send the due ones."""
+    outcomes: dict[str, int] = {}
+    waiting = db.session.scalars(select(Payout.id).where(Payout.status == "pending",
+                                                         Payout.next_attempt_at <= func.now())
+                                 .order_by(Payout.id)).all()
+    db.session.commit()
+    for payout_id in waiting:
+        outcome = send(payout_id)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    for user_id in due_owners():
+        payout = start(user_id)
+        if payout is not None:
+            outcome = send(payout.id)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
+def admin_reset(payout: Payout) -> None:
+    """After an admin looked: let a needs-attention payout be sent again with its same key."""
+    db.session.execute(update(Payout).where(Payout.id == payout.id, Payout.status == "needs_attention")
+                       .values(status="pending", attempts=0, next_attempt_at=func.now(), updated_at=func.now()))
+    db.session.commit()

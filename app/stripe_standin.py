@@ -1,0 +1,513 @@
+"""A local stand-in for Stripe: just the Checkout calls gpushare makes, a hosted payment page, and signed webhooks.
+
+Stripe's servers can't be reached from tests or from a laptop demo, so the app's
+``StripeClient`` is pointed here (``STRIPE_API_BASE``); the production code path
+is the same. It speaks Stripe's API shape for:
+
+- ``POST /v1/checkout/sessions`` (``mode=payment``, ``line_items[].price_data``,
+  ``success_url``/``cancel_url``, ``metadata``, ``client_reference_id``; the
+  ``Idempotency-Key`` header is honoured) and ``GET /v1/checkout/sessions/<id>``;
+- a hosted page per session with Pay (card), Pay by bank transfer (async:
+  settled later with succeed/fail), Decline, and Cancel;
+- webhook events signed as Stripe signs them (``Stripe-Signature: t=...,v1=...``,
+  HMAC-SHA256 of ``"{t}.{payload}"``): ``checkout.session.completed``,
+  ``checkout.session.async_payment_succeeded`` / ``_failed``, ``charge.refunded``,
+  ``charge.dispute.created``;
+- Connect: ``POST /v1/accounts`` (Express), ``GET /v1/accounts/<id>``,
+  ``POST /v1/account_links`` (a local onboarding page that completes the
+  account and sends the host to ``return_url``), ``POST /v1/transfers`` and
+  ``GET /v1/transfers`` (``destination``, ``limit``, ``starting_after``).
+  Transfers keep Stripe's idempotency rules: the first response to a key is
+  saved, errors included, and replayed; the same key with other parameters is
+  an ``idempotency_error``; ``forget_keys`` prunes keys as Stripe does after
+  24 hours. ``balance`` (cents; None is unlimited) is the platform's available
+  balance: a transfer beyond it is refused with ``balance_insufficient``.
+  Connect events (``account.updated`` on onboarding, ``payout.paid`` /
+  ``payout.failed`` from ``bank_payout``) go to ``connect_webhook_url``.
+
+State lives in memory. Run it with ``python -m app.stripe_standin`` (``flask
+serve`` does when no ``STRIPE_SECRET_KEY`` is set), or in-process from tests.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+from html import escape
+
+from flask import Flask, abort, jsonify, redirect, request
+
+API_VERSION = "2025-09-30.clover"
+KEY_RE = re.compile(r"([^\[\]]+)|\[([^\[\]]*)\]")
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_test_{secrets.token_hex(12)}"
+
+
+def sign(payload: str, secret: str, timestamp: int | None = None) -> str:
+    """A ``Stripe-Signature`` header for ``payload``, made as Stripe makes it."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def parse_form(pairs) -> dict:
+    """Stripe's form encoding (``line_items[0][price_data][unit_amount]=500``) as nested dicts and lists."""
+    root: dict = {}
+    for key, value in pairs:
+        parts = [a or b for a, b in KEY_RE.findall(key)]
+        node = root
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(node):
+    if not isinstance(node, dict):
+        return node
+    if node and all(key.isdigit() for key in node):
+        return [_lists(node[key]) for key in sorted(node, key=int)]
+    return {key: _lists(value) for key, value in node.items()}
+
+
+class StandIn:
+    """The stand-in's state and its WSGI app; ``deliver`` sends an event to the webhook URL."""
+
+    def __init__(self, api_key: str, webhook_secret: str, webhook_url: str | None = None):
+        self.api_key, self.webhook_secret, self.webhook_url = api_key, webhook_secret, webhook_url
+        self.sessions: dict[str, dict] = {}
+        self.charges: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self.deliveries: list[tuple[str, int | str]] = []
+        self._idempotent: dict[str, dict] = {}
+        self.accounts: dict[str, dict] = {}
+        self.account_links: dict[str, dict] = {}
+        self.transfers: dict[str, dict] = {}  # in creation order
+        self.balance: int | None = None
+        self.connect_webhook_url: str | None = None
+        self.connect_webhook_secret: str | None = None
+        self._transfer_keys: dict[str, tuple[dict, int, dict]] = {}  # key -> (params, status, body)
+        self._lock = threading.Lock()
+        self.autodeliver = True  # tests turn this off to deliver events themselves, twice or out of order
+        self.app = self._make_app()
+
+    # --- what tests and the hosted page do ------------------------------------------------------------------
+
+    def event(self, type_: str, obj: dict) -> dict:
+        snapshot = json.loads(json.dumps({key: value for key, value in obj.items() if not key.startswith("_")}))
+        event = {"id": _id("evt"), "object": "event", "api_version": API_VERSION, "created": int(time.time()),
+                 "data": {"object": snapshot}, "livemode": False, "pending_webhooks": 1,
+                 "request": {"id": None, "idempotency_key": None}, "type": type_}
+        self.events.append(event)
+        return event
+
+    def deliver(self, event: dict, *, timestamp: int | None = None, secret: str | None = None,
+                url: str | None = None) -> int | str:
+        """POST ``event`` to the webhook URL, signed; the HTTP status (or the error) is returned and recorded."""
+        payload = json.dumps(event)
+        req = urllib.request.Request(url or self.webhook_url, data=payload.encode(), method="POST", headers={
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            "Stripe-Signature": sign(payload, secret or self.webhook_secret, timestamp)})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                status: int | str = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError as exc:
+            status = str(exc)
+        self.deliveries.append((event["id"], status))
+        return status
+
+    def _send(self, type_: str, obj: dict) -> dict:
+        event = self.event(type_, obj)
+        if self.webhook_url and self.autodeliver:
+            self.deliver(event)
+        return event
+
+    def pay(self, session_id: str, *, asynchronous: bool = False) -> dict:
+        """The customer pays: the session completes (paid, or unpaid until the bank transfer settles)."""
+        session = self.sessions[session_id]
+        if session["status"] != "open":
+            raise ValueError("this session is no longer open")
+        payment_intent = _id("pi")
+        session.update(status="complete", payment_intent=payment_intent,
+                       payment_status="unpaid" if asynchronous else "paid")
+        if not asynchronous:
+            self._charge(session)
+        return self._send("checkout.session.completed", session)
+
+    def settle(self, session_id: str, *, succeeded: bool = True) -> dict:
+        """An asynchronous payment (bank transfer) settles, or fails."""
+        session = self.sessions[session_id]
+        if session["payment_status"] != "unpaid" or session["status"] != "complete":
+            raise ValueError("no asynchronous payment is pending on this session")
+        if succeeded:
+            session["payment_status"] = "paid"
+            self._charge(session)
+            return self._send("checkout.session.async_payment_succeeded", session)
+        return self._send("checkout.session.async_payment_failed", session)
+
+    def refund(self, session_id: str, cents: int | None = None, *, send: bool = True) -> dict:
+        """Refund ``cents`` (all that is left by default) of the session's charge: a ``charge.refunded`` event."""
+        charge = self._charge_of(session_id)
+        cents = charge["amount"] - charge["amount_refunded"] if cents is None else cents
+        charge["amount_refunded"] += cents
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        return self._send("charge.refunded", charge) if send else self.event("charge.refunded", charge)
+
+    def dispute(self, session_id: str, cents: int | None = None, *, send: bool = True) -> dict:
+        """The cardholder disputes the charge: a ``charge.dispute.created`` event."""
+        charge = self._charge_of(session_id)
+        dispute = {"id": _id("dp"), "object": "dispute", "amount": charge["amount"] if cents is None else cents,
+                   "charge": charge["id"], "currency": charge["currency"], "payment_intent": charge["payment_intent"],
+                   "reason": "fraudulent", "status": "needs_response", "created": int(time.time()),
+                   "livemode": False, "metadata": {}}
+        charge["disputed"] = True
+        return self._send("charge.dispute.created", dispute) if send else self.event("charge.dispute.created", dispute)
+
+    def _charge(self, session: dict) -> dict:
+        charge = {"id": _id("ch"), "object": "charge", "amount": session["amount_total"],
+                  "amount_captured": session["amount_total"], "amount_refunded": 0, "captured": True,
+                  "currency": session["currency"], "paid": True, "payment_intent": session["payment_intent"],
+                  "refunded": False, "disputed": False, "status": "succeeded", "created": int(time.time()),
+                  "livemode": False, "metadata": {}}
+        self.charges[charge["id"]] = charge
+        session["_charge"] = charge["id"]
+        return charge
+
+    def _charge_of(self, session_id: str) -> dict:
+        session = self.sessions[session_id]
+        if "_charge" not in session:
+            raise ValueError("this session has no successful charge")
+        return self.charges[session["_charge"]]
+
+    def onboard(self, account_id: str) -> dict:
+        """The host finishes Stripe's onboarding: details submitted, transfers and payouts enabled."""
+        account = self.accounts[account_id]
+        account.update(details_submitted=True, payouts_enabled=True, charges_enabled=True,
+                       capabilities={"transfers": "active"})
+        account["requirements"].update(currently_due=[], eventually_due=[], disabled_reason=None)
+        self.connect_event("account.updated", account, account_id)
+        return account
+
+    def connect_event(self, type_: str, obj: dict, account_id: str) -> dict:
+        """An event from a connected account (it names the account), sent to the Connect endpoint."""
+        event = self.event(type_, obj)
+        event["account"] = account_id
+        if self.connect_webhook_url and self.autodeliver:
+            self.deliver(event, url=self.connect_webhook_url, secret=self.connect_webhook_secret)
+        return event
+
+    def bank_payout(self, account_id: str, cents: int, *, failed: bool = False) -> dict:
+        """The connected account pays its balance out to the host's bank: ``payout.paid`` or ``payout.failed``."""
+        payout = {"id": _id("po"), "object": "payout", "amount": cents, "currency": "usd",
+                  "arrival_date": int(time.time()), "created": int(time.time()), "livemode": False,
+                  "status": "failed" if failed else "paid", "metadata": {},
+                  "failure_code": "account_closed" if failed else None,
+                  "failure_message": "The bank account has been closed." if failed else None}
+        return self.connect_event("payout.failed" if failed else "payout.paid", payout, account_id)
+
+    def forget_keys(self) -> None:
+        """Prune every saved idempotency key, as Stripe does once a key is 24 hours old."""
+        with self._lock:
+            self._transfer_keys.clear()
+            self._idempotent.clear()
+
+    def create_account(self, params: dict) -> dict:
+        if params.get("type") != "express":
+            raise StripeApiError("type", "The stand-in supports only type=express.")
+        account = {
+            "id": _id("acct"), "object": "account", "type": "express", "country": params.get("country", "US"),
+            "email": params.get("email"), "created": int(time.time()), "default_currency": "usd",
+            "details_submitted": False, "charges_enabled": False, "payouts_enabled": False,
+            "capabilities": {"transfers": "inactive"}, "metadata": params.get("metadata") or {},
+            "requirements": {"currently_due": ["external_account", "individual.first_name"],
+                             "eventually_due": ["external_account", "individual.first_name"],
+                             "past_due": [], "disabled_reason": "requirements.past_due"},
+        }
+        self.accounts[account["id"]] = account
+        return account
+
+    def create_account_link(self, params: dict, base_url: str) -> dict:
+        account_id = params.get("account")
+        if account_id not in self.accounts:
+            raise StripeApiError("account", f"No such account: '{account_id}'")
+        if params.get("type") not in ("account_onboarding", "account_update"):
+            raise StripeApiError("type", "type must be account_onboarding or account_update.")
+        for name in ("refresh_url", "return_url"):
+            if not params.get(name):
+                raise StripeApiError(name, f"Missing required param: {name}.")
+        now = int(time.time())
+        token = secrets.token_urlsafe(16)
+        link = {"object": "account_link", "created": now, "expires_at": now + 300,
+                "url": f"{base_url}connect/onboarding/{token}"}
+        self.account_links[token] = {**link, "_account": account_id, "_return_url": params["return_url"],
+                                     "_refresh_url": params["refresh_url"]}
+        return link
+
+    def create_transfer(self, params: dict) -> tuple[int, dict]:
+        """The status and body of ``POST /v1/transfers``; errors after validation are Stripe-shaped bodies."""
+        try:
+            amount = int(params["amount"])
+            currency, destination = params["currency"], params["destination"]
+        except (KeyError, ValueError):
+            raise StripeApiError("amount", "Missing required param: amount, currency or destination.") from None
+        if amount < 1:
+            raise StripeApiError("amount", "This value must be greater than or equal to 1.")
+        account = self.accounts.get(destination)
+        if account is None:
+            raise StripeApiError("destination", f"No such destination: '{destination}'")
+        if account["capabilities"].get("transfers") != "active":
+            return 400, {"error": {
+                "type": "invalid_request_error", "code": "insufficient_capabilities_for_transfer",
+                "param": "destination",
+                "message": "Your destination account needs to have at least one of the following capabilities "
+                           "enabled: transfers, crypto_transfers, legacy_payments"}}
+        if self.balance is not None and amount > self.balance:
+            return 400, {"error": {
+                "type": "invalid_request_error", "code": "balance_insufficient",
+                "message": "You have insufficient available funds in your Stripe account. Try adding funds "
+                           "directly to your available balance by creating Top-ups."}}
+        if self.balance is not None:
+            self.balance -= amount
+        transfer = {
+            "id": _id("tr"), "object": "transfer", "amount": amount, "amount_reversed": 0,
+            "balance_transaction": _id("txn"), "created": int(time.time()), "currency": currency,
+            "description": params.get("description"), "destination": destination,
+            "destination_payment": _id("py"), "livemode": False, "metadata": params.get("metadata") or {},
+            "reversals": {"object": "list", "data": [], "has_more": False, "total_count": 0,
+                          "url": "/v1/transfers/reversals"},
+            "reversed": False, "source_transaction": None, "source_type": "card",
+            "transfer_group": params.get("transfer_group"),
+        }
+        self.transfers[transfer["id"]] = transfer
+        return 200, transfer
+
+    # --- the API ----------------------------------------------------------------------------------------------
+
+    def create_session(self, params: dict, base_url: str) -> dict:
+        if params.get("mode") != "payment":
+            raise StripeApiError("mode", "The stand-in supports only mode=payment.")
+        for name in ("success_url", "cancel_url"):
+            if not params.get(name):
+                raise StripeApiError(name, f"Missing required param: {name}.")
+        items = params.get("line_items") or []
+        if not items:
+            raise StripeApiError("line_items", "Missing required param: line_items.")
+        total, currency = 0, None
+        for i, item in enumerate(items):
+            price = item.get("price_data") or {}
+            try:
+                unit, quantity = int(price["unit_amount"]), int(item.get("quantity", 1))
+                currency = price["currency"]
+                price["product_data"]["name"]
+            except (KeyError, TypeError, ValueError):
+                raise StripeApiError(f"line_items[{i}][price_data]",
+                                     "Each line item needs price_data with currency, unit_amount and "
+                                     "product_data[name].") from None
+            if unit < 50 or quantity < 1:
+                raise StripeApiError(f"line_items[{i}][price_data][unit_amount]",
+                                     "The amount must be at least 50 cents.")
+            total += unit * quantity
+        session_id = _id("cs")
+        now = int(time.time())
+        session = {
+            "id": session_id, "object": "checkout.session", "amount_subtotal": total, "amount_total": total,
+            "cancel_url": params["cancel_url"], "client_reference_id": params.get("client_reference_id"),
+            "created": now, "currency": currency, "customer": None, "customer_email": params.get("customer_email"),
+            "expires_at": now + 24 * 3600, "livemode": False, "metadata": params.get("metadata") or {},
+            "mode": "payment", "payment_intent": None, "payment_method_types": ["card"],
+            "payment_status": "unpaid", "status": "open",
+            "success_url": params["success_url"].replace("{CHECKOUT_SESSION_ID}", session_id),
+            "url": f"{base_url}pay/{session_id}",
+        }
+        self.sessions[session_id] = session
+        return session
+
+    def _make_app(self) -> Flask:
+        app = Flask(__name__)
+
+        def public(session: dict) -> dict:
+            return {k: v for k, v in session.items() if not k.startswith("_")}
+
+        @app.errorhandler(StripeApiError)
+        def api_error(exc):
+            return jsonify(error={"type": "invalid_request_error", "message": exc.message, "param": exc.param}), \
+                exc.status
+
+        @app.before_request
+        def authenticate():
+            if request.path.startswith("/v1/") and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return jsonify(error={"type": "invalid_request_error",
+                                      "message": "Invalid API Key provided."}), 401
+
+        @app.post("/v1/checkout/sessions")
+        def create():
+            key = request.headers.get("Idempotency-Key")
+            with self._lock:
+                if key and key in self._idempotent:
+                    return jsonify(public(self._idempotent[key]))
+                session = self.create_session(parse_form(request.form.items(multi=True)), request.host_url)
+                if key:
+                    self._idempotent[key] = session
+            return jsonify(public(session))
+
+        @app.get("/v1/checkout/sessions/<session_id>")
+        def retrieve(session_id):
+            if session_id not in self.sessions:
+                raise StripeApiError("id", f"No such checkout.session: '{session_id}'", status=404)
+            return jsonify(public(self.sessions[session_id]))
+
+        @app.post("/v1/accounts")
+        def create_account():
+            key = request.headers.get("Idempotency-Key")
+            with self._lock:
+                if key and key in self._idempotent:
+                    return jsonify(self._idempotent[key])
+                account = self.create_account(parse_form(request.form.items(multi=True)))
+                if key:
+                    self._idempotent[key] = account
+            return jsonify(account)
+
+        @app.get("/v1/accounts/<account_id>")
+        def retrieve_account(account_id):
+            if account_id not in self.accounts:
+                raise StripeApiError("account", f"No such account: '{account_id}'", status=404)
+            return jsonify(self.accounts[account_id])
+
+        @app.post("/v1/account_links")
+        def create_account_link():
+            return jsonify(self.create_account_link(parse_form(request.form.items(multi=True)), request.host_url))
+
+        @app.get("/connect/onboarding/<token>")
+        def onboarding(token):
+            link = self.account_links.get(token) or abort(404)
+            if link["expires_at"] < time.time():
+                return redirect(link["_refresh_url"], 303)
+            return (f"<!doctype html><html><head><meta charset=utf-8><title>Onboarding (Stripe stand-in)</title>"
+                    f"</head><body><h1>Set up payouts</h1><p>Local Stripe stand-in: no real account is made.</p>"
+                    f"<p>Account <code>{escape(link['_account'])}</code></p>"
+                    f'<form method="post"><button>Submit details</button></form></body></html>')
+
+        @app.post("/connect/onboarding/<token>")
+        def finish_onboarding(token):
+            link = self.account_links.pop(token, None) or abort(404)
+            self.onboard(link["_account"])
+            return redirect(link["_return_url"], 303)
+
+        @app.post("/v1/transfers")
+        def create_transfer():
+            key = request.headers.get("Idempotency-Key")
+            params = parse_form(request.form.items(multi=True))
+            with self._lock:
+                if key and key in self._transfer_keys:
+                    saved_params, status, body = self._transfer_keys[key]
+                    if saved_params != params:
+                        return jsonify(error={
+                            "type": "idempotency_error",
+                            "message": "Keys for idempotent requests can only be used with the same parameters "
+                                       "they were first used with. Try using a key other than "
+                                       f"'{key}' if you meant to execute a different request."}), 400
+                    return jsonify(body), status, {"Idempotent-Replayed": "true"}
+                status, body = self.create_transfer(params)  # validation errors raise: not saved, as Stripe
+                if key:
+                    self._transfer_keys[key] = (params, status, body)
+            return jsonify(body), status
+
+        @app.get("/v1/transfers")
+        def list_transfers():
+            rows = list(reversed(list(self.transfers.values())))  # newest first, as Stripe lists
+            if request.args.get("destination"):
+                rows = [t for t in rows if t["destination"] == request.args["destination"]]
+            after = request.args.get("starting_after")
+            if after:
+                ids = [t["id"] for t in rows]
+                rows = rows[ids.index(after) + 1:] if after in ids else []
+            limit = min(int(request.args.get("limit", 10)), 100)
+            return jsonify(object="list", url="/v1/transfers", has_more=len(rows) > limit, data=rows[:limit])
+
+        @app.get("/pay/<session_id>")
+        def page(session_id):
+            return self._page(self.sessions.get(session_id) or abort(404))
+
+        @app.post("/pay/<session_id>")
+        def act(session_id):
+            session = self.sessions.get(session_id) or abort(404)
+            action = request.form.get("action")
+            try:
+                if action == "pay":
+                    self.pay(session_id)
+                elif action == "pay_later":
+                    self.pay(session_id, asynchronous=True)
+                elif action == "decline":
+                    return self._page(session, error="Your card was declined. Try another card."), 402
+                elif action in ("settle", "fail"):
+                    self.settle(session_id, succeeded=action == "settle")
+                    return redirect(f"/pay/{session_id}", 303)
+                elif action in ("refund", "dispute"):
+                    getattr(self, action)(session_id)
+                    return redirect(f"/pay/{session_id}", 303)
+                else:
+                    abort(400)
+            except ValueError as exc:
+                return self._page(session, error=str(exc)), 409
+            return redirect(session["success_url"], 303)
+
+        return app
+
+    def _page(self, session: dict, error: str = "") -> str:
+        amount = f"${session['amount_total'] / 100:,.2f} {session['currency'].upper()}"
+        sid = escape(session["id"])
+        button = '<form method="post"><button name="action" value="{0}">{1}</button></form>'.format
+        if session["status"] == "open":
+            actions = (button("pay", "Pay with card 4242 4242 4242 4242") + button("pay_later", "Pay by bank transfer")
+                       + button("decline", "Pay with a card that is declined")
+                       + f'<p><a href="{escape(session["cancel_url"])}">Cancel and go back</a></p>')
+        elif session["payment_status"] == "unpaid":
+            actions = ("<p>Bank transfer pending.</p>" + button("settle", "The transfer arrives")
+                       + button("fail", "The transfer fails"))
+        else:
+            actions = (f'<p>Paid. <a href="{escape(session["success_url"])}">Return to the merchant</a></p>'
+                       + button("refund", "Refund (merchant)") + button("dispute", "Dispute (cardholder)"))
+        return (f"<!doctype html><html><head><meta charset=utf-8><title>Checkout (Stripe stand-in)</title></head>"
+                f"<body><h1>Checkout</h1><p>Local Stripe stand-in: no real money moves.</p>"
+                f"<p id=amount>{amount}</p><p>Session <code>{sid}</code></p>"
+                + (f'<p class=error role=alert>{escape(error)}</p>' if error else "") + actions + "</body></html>")
+
+
+class StripeApiError(Exception):
+    def __init__(self, param: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.param, self.message, self.status = param, message, status
+
+
+def main(argv: list[str] | None = None) -> None:
+    from werkzeug.serving import run_simple
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--webhook-url", required=True)
+    parser.add_argument("--connect-webhook-url", help="where events from connected accounts go")
+    args = parser.parse_args(argv)
+    # Secrets come through the environment, never the command line (other users can read that).
+    standin = StandIn(os.environ["STRIPE_STANDIN_API_KEY"], os.environ["STRIPE_STANDIN_WEBHOOK_SECRET"],
+                      args.webhook_url)
+    standin.connect_webhook_url = args.connect_webhook_url
+    standin.connect_webhook_secret = os.environ.get("STRIPE_STANDIN_CONNECT_WEBHOOK_SECRET")
+    run_simple(args.host, args.port, standin.app, threaded=True)
+
+
+if __name__ == "__main__":
+    main()
