@@ -106,25 +106,27 @@ def _wait_for_engine(router: Router, want: set[str], timeout: float) -> dict:
         time.sleep(1)
 
 
-def up(argv) -> int:
-    parser = _parser("up", "Take requests again (the agent starts the engine).")
-    parser.add_argument("--wait", action="store_true", help="wait until the engine runs")
+def _set_available(argv, prog: str, description: str, available: bool, wait_flag: tuple[str, str]):
+    parser = _parser(prog, description)
+    parser.add_argument(wait_flag[0], action="store_true", help=wait_flag[1])
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     router = Router(args.state_dir)
-    host = router.call("POST", "/availability", {"available": True})["host"]
+    return args, router, router.call("POST", "/availability", {"available": available})["host"]
+
+
+def up(argv) -> int:
+    args, router, host = _set_available(argv, "up", "Take requests again (the agent starts the engine).", True,
+                                        ("--wait", "wait until the engine runs"))
     print(f"{host['name']} is up: the router sends it requests once its engine passes a health check.")
     if args.wait:
         _wait_for_engine(router, {"running"}, args.timeout)
 
 
 def down(argv) -> int:
-    parser = _parser("down", "Stop taking requests; those in flight finish, then the engine stops.")
-    parser.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for the drain")
-    parser.add_argument("--timeout", type=float, default=600)
-    args = parser.parse_args(argv)
-    router = Router(args.state_dir)
-    host = router.call("POST", "/availability", {"available": False})["host"]
+    args, router, host = _set_available(
+        argv, "down", "Stop taking requests; those in flight finish, then the engine stops.", False,
+        ("--no-wait", "return at once instead of waiting for the drain"))
     print(f"{host['name']} is down: the router sends it no new requests.")
     if not args.no_wait and (host.get("heartbeat") or {}).get("engine") in ("running", "starting", "draining"):
         print("Waiting for requests in flight to finish...", flush=True)

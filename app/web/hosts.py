@@ -171,10 +171,7 @@ def set_model(host_id: int):
     return redirect(url_for("hosts.dashboard"))
 
 
-@bp.post("/payouts/setup")
-@role_required("host")
-def payouts_setup():
-    """Send the host to Stripe's onboarding for their Express account (made on first use)."""
+def _onboarding_redirect():
     try:
         url = payouts.onboarding_link(current_user, refresh_url=url_for("hosts.payouts_refresh", _external=True),
                                       return_url=url_for("hosts.payouts_return", _external=True))
@@ -182,19 +179,20 @@ def payouts_setup():
         flash(str(exc), "error")
         return redirect(url_for("hosts.dashboard"))
     return redirect(url, 303)
+
+
+@bp.post("/payouts/setup")
+@role_required("host")
+def payouts_setup():
+    """Send the host to Stripe's onboarding for their Express account (made on first use)."""
+    return _onboarding_redirect()
 
 
 @bp.get("/payouts/refresh")
 @role_required("host")
 def payouts_refresh():
     """Stripe's link expired or was used: make a new one."""
-    try:
-        url = payouts.onboarding_link(current_user, refresh_url=url_for("hosts.payouts_refresh", _external=True),
-                                      return_url=url_for("hosts.payouts_return", _external=True))
-    except payouts.PayoutError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("hosts.dashboard"))
-    return redirect(url, 303)
+    return _onboarding_redirect()
 
 
 @bp.get("/payouts/return")
