@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from . import ledger
 from .extensions import db
-from .models import Purchase, StripeEvent, User, utcnow
+from .models import LedgerEntry, Purchase, StripeEvent, User, utcnow
 
 MICRO_PER_CENT = 10_000
 PACKS_USD = (5, 20, 50)
@@ -238,7 +238,10 @@ def _reversal(event: dict, kind: str, transfer_id: str, wanted) -> str:
     if purchase is None or purchase.status != "paid":
         db.session.execute(StripeEvent.__table__.update().where(StripeEvent.id == event["id"]).values(applied=False))
         return "waiting for payment"
-    room = purchase.amount - purchase.refunded - purchase.disputed
+    # Each kind is bounded by the payment on its own. Their sum may pass it for a while: a refund made after a
+    # dispute was won can arrive before the win. Stripe never takes back more than was paid, so the last event
+    # to land brings the sum back within it.
+    room = purchase.amount - (purchase.refunded if kind == "refund" else purchase.disputed)
     amount = max(0, min(wanted(purchase), room))
     if amount == 0:
         return "nothing to take"
@@ -264,6 +267,32 @@ def _dispute_created(event: dict) -> str:
     return _reversal(event, "dispute", f"dispute:{dispute['id']}", lambda purchase: dispute["amount"] * MICRO_PER_CENT)
 
 
+def _dispute_reinstated(event: dict) -> str:
+    """The platform won the dispute: Stripe gives the money back, and so do we (paying any debt first)."""
+    dispute = event["data"]["object"]
+    outcome = _dispute_created(event)  # the dispute's own event may not have come yet: take first, as it would
+    if outcome == "waiting for payment":
+        return outcome
+    taken = db.session.scalar(select(LedgerEntry.amount).where(
+        LedgerEntry.transfer_id == f"dispute:{dispute['id']}", LedgerEntry.account_id == _stripe_account()))
+    if not taken:
+        return "nothing to give back"
+    purchase = _lock_purchase(payment_intent_id=_payment_intent(dispute))
+    if not ledger.post(f"dispute:{dispute['id']}:reinstated", "dispute",
+                       ledger.credit_entries(_stripe_account(), purchase.user_id, taken),
+                       memo=f"Stripe dispute {dispute['id']} won"):
+        return "already given back"
+    purchase.disputed -= taken
+    db.session.flush()
+    return "dispute won"
+
+
+def _transfer_reversed(event: dict) -> str:
+    from .payouts import transfer_reversed  # payouts builds on this module
+
+    return transfer_reversed(event["data"]["object"])
+
+
 HANDLERS = {
     "checkout.session.completed": _session_completed,
     "checkout.session.async_payment_succeeded": _session_completed,
@@ -271,6 +300,8 @@ HANDLERS = {
     "checkout.session.expired": _session_failed,
     "charge.refunded": _charge_refunded,
     "charge.dispute.created": _dispute_created,
+    "charge.dispute.funds_reinstated": _dispute_reinstated,
+    "transfer.reversed": _transfer_reversed,
 }
 
 

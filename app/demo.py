@@ -6,9 +6,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import urllib3
 from sqlalchemy import select
 
-from . import accounts, api_keys, hosts, ledger
+from . import accounts, api_keys, hosts, ledger, payouts
 from .extensions import db
 from .models import Host, User
 
@@ -18,6 +19,7 @@ DEMO_HOST_NAME = "demo host"
 DEMO_CLIENT_EMAIL = "demo@gpushare.localhost"
 DEMO_KEY_NAME = "demo"
 DEMO_CREDITS = 5_000_000  # $5
+DEMO_HOST_EARNINGS = 12_340_000  # $12.34: above the payout threshold, so the demo shows a payout
 
 
 @dataclass
@@ -127,3 +129,25 @@ def approve_demo_host(host: Host, model_id: str, model_dir: Path, tokenizers_dir
         link.unlink()
     link.symlink_to(model_dir, target_is_directory=True)
     return host
+
+
+def pay_demo_host(base_url: str) -> dict[str, int]:
+    """With the local Stripe stand-in: the demo host's owner is credited some earnings (once), connects an
+    Express account by submitting the stand-in's onboarding form, and the payout job pays them, as it pays
+    every host. Returns the job's outcome."""
+    owner = demo_host_owner()
+    ledger.post("demo:host-earnings", "grant", [(ledger.account_id("grants"), -DEMO_HOST_EARNINGS),
+                                                (ledger.account_id("host", owner), DEMO_HOST_EARNINGS)],
+                memo="demo host earnings, so that the demo has a payout to show")
+    db.session.commit()
+    account = payouts.payout_account(owner)
+    if account is None or not account.payouts_enabled:
+        url = payouts.onboarding_link(owner, refresh_url=f"{base_url}/host/payouts/refresh",
+                                      return_url=f"{base_url}/host/payouts/return")
+        response = urllib3.request("POST", url, redirect=False, timeout=10)  # "Submit details"
+        if response.status != 303:
+            raise payouts.PayoutError(f"the Stripe stand-in's onboarding answered {response.status}")
+        payouts.refresh_account(owner)
+    from jobs.payouts import pay_hosts  # jobs build on the app package
+
+    return pay_hosts()

@@ -9,9 +9,8 @@ overlay address from the allocator, which the router dials.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import func, select, text, update
@@ -19,9 +18,10 @@ from sqlalchemy.exc import IntegrityError
 
 from overlay import hub, identity, ipam
 
-from . import audit, schedule, tokens
+from . import audit, pricing, schedule, tokens
 from .extensions import db, redis_client
 from .models import CatalogModel, EnrollmentKey, Host, HostModel, User, utcnow
+from .usage import DayAmount, utc_days, zero_filled
 
 MAX_NAME = 80
 MAX_REPORT_BYTES = 64 * 1024
@@ -259,6 +259,43 @@ def earnings(owner: User, host_ids: list[int]) -> dict[int, Earnings]:
         return {}
     rows = db.session.execute(EARNINGS_SQL, {"owner": owner.id, "hosts": host_ids})
     return {row.host_id: Earnings(row.requests, row.tokens or 0, row.earned, row.earned_7d) for row in rows}
+
+
+EARNINGS_PER_DAY_SQL = text("""
+    SELECT date(timezone('UTC', e.created_at)) AS day, sum(e.amount) AS amount
+    FROM ledger_entries e
+    JOIN ledger_transfers t ON t.id = e.transfer_id AND t.kind = 'usage'
+    WHERE e.account_id = (SELECT id FROM ledger_accounts WHERE kind = 'host' AND user_id = :owner)
+      AND e.created_at >= :start AND e.created_at < :end
+    GROUP BY 1
+""")
+
+
+def earnings_per_day(owner: User, days: int = 30, *, now: datetime | None = None) -> list[DayAmount]:
+    """What the owner's host account was credited for serving requests on each of the last ``days`` UTC days,
+    oldest first, 0 on days without any.
+
+    Read from the ledger's usage transfers, not from usage records: a record's cost includes the platform's
+    fee, and the host account's other credits (a payout returned or reversed) are not earnings.
+    """
+    start, end = utc_days(days, now)
+    rows = db.session.execute(EARNINGS_PER_DAY_SQL, {"owner": owner.id, "start": start, "end": end}).all()
+    return zero_filled(dict(rows), start, days)
+
+
+def served_models(owner: User) -> list[CatalogModel]:
+    """The models any of the owner's hosts offers, by name."""
+    return db.session.scalars(
+        select(CatalogModel).join(HostModel, HostModel.model_id == CatalogModel.id)
+        .join(Host, Host.id == HostModel.host_id).where(Host.owner_id == owner.id, HostModel.enabled)
+        .distinct().order_by(CatalogModel.display_name, CatalogModel.id)).all()
+
+
+def markets(owner: User, hours: int = 24) -> list[tuple[CatalogModel, list[pricing.MarketPoint]]]:
+    """Each model the owner's hosts offer, with its demand, supply and prices over the last ``hours``."""
+    models = served_models(owner)
+    history = pricing.market_history([model.id for model in models], hours)
+    return [(model, history[model.id]) for model in models]
 
 
 def serving_now(host: Host) -> bool:

@@ -402,7 +402,8 @@ class Purchase(db.Model):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("status IN ('open', 'processing', 'paid', 'failed')", name="status_known"),
-        CheckConstraint("refunded >= 0 AND disputed >= 0 AND refunded + disputed <= amount",
+        # Each within the payment; their sum may pass it while a won dispute's event is still on its way.
+        CheckConstraint("refunded BETWEEN 0 AND amount AND disputed BETWEEN 0 AND amount",
                         name="reversals_within_amount"),
         Index("ix_purchases_user_created", "user_id", text("created_at DESC")),
     )
@@ -439,6 +440,7 @@ class PayoutAccount(db.Model):
     payouts_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     threshold: Mapped[int | None] = mapped_column(BigInteger)  # micro-USD; None: PAYOUT_THRESHOLD_USD
     bank_payout_error: Mapped[str | None] = mapped_column(Text)  # the last ``payout.failed``, until one is paid
+    failures_cleared_at: Mapped[datetime | None] = mapped_column(Timestamp)  # an admin's go-ahead after failures
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
 
@@ -467,6 +469,7 @@ class Payout(db.Model):
     destination: Mapped[str] = mapped_column(String(255))
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     stripe_transfer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    reversed: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # micro-USD Stripe took back
     status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -480,6 +483,7 @@ class Payout(db.Model):
         CheckConstraint("amount > 0 AND amount % 10000 = 0", name="amount_whole_cents"),
         CheckConstraint("status IN ('pending', 'paid', 'failed', 'needs_attention')", name="status_known"),
         CheckConstraint("status <> 'paid' OR stripe_transfer_id IS NOT NULL", name="paid_has_transfer"),
+        CheckConstraint("reversed >= 0 AND reversed <= amount", name="reversed_within_amount"),
         Index("uq_payouts_one_open", "user_id", unique=True,
               postgresql_where=text("status IN ('pending', 'needs_attention')")),
         Index("ix_payouts_user_created", "user_id", text("created_at DESC")),

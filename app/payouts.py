@@ -30,10 +30,10 @@ from datetime import timedelta
 
 import stripe
 from flask import current_app
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from . import ledger
+from . import audit, ledger
 from .billing import MICRO_PER_CENT, stripe_client
 from .extensions import db
 from .models import LedgerAccount, Payout, PayoutAccount, StripeEvent, User, utcnow
@@ -68,6 +68,12 @@ class Summary:
     @property
     def onboarding(self) -> str:
         return self.account.state if self.account else "not started"
+
+    @property
+    def upcoming(self) -> int:
+        """What the next run of the payout job would send (whole cents of what is available), 0 if below threshold."""
+        amount = max(self.available, 0) // MICRO_PER_CENT * MICRO_PER_CENT
+        return amount if amount and amount >= self.threshold else 0
 
 
 def enabled() -> bool:
@@ -128,6 +134,22 @@ def refresh_account(user: User) -> PayoutAccount | None:
     return account
 
 
+MAX_THRESHOLD_USD = 100_000
+
+
+def set_threshold(user: User, dollars: int | None) -> PayoutAccount:
+    """The owner's own payout threshold in whole dollars; None goes back to the server's default."""
+    account = payout_account(user)
+    if account is None:
+        raise PayoutError("Set up payouts first.")
+    if dollars is not None and not 1 <= dollars <= MAX_THRESHOLD_USD:
+        raise PayoutError(f"Choose a threshold from $1 to ${MAX_THRESHOLD_USD:,}, or leave it empty for the default.")
+    account.threshold = dollars * 1_000_000 if dollars is not None else None
+    account.updated_at = utcnow()
+    db.session.commit()
+    return account
+
+
 # --- Connect webhook events ---------------------------------------------------------------------------------
 
 def handle_connect_event(event: dict) -> str:
@@ -166,13 +188,45 @@ def handle_connect_event(event: dict) -> str:
     return outcome
 
 
+def transfer_reversed(transfer: dict) -> str:
+    """Stripe took back (part of) a paid payout's transfer: what came back is owed to the host again.
+
+    ``amount_reversed`` is the transfer's running total, so a late or repeated event never counts twice."""
+    payout_id = str((transfer.get("metadata") or {}).get("payout_id") or "")
+    matches = [Payout.stripe_transfer_id == transfer["id"]]
+    if payout_id.isdigit():
+        matches.append(Payout.id == int(payout_id))
+    payout = db.session.scalar(select(Payout).where(or_(*matches)).with_for_update()
+                               .execution_options(populate_existing=True))
+    if payout is not None and payout.status in OPEN and payout.destination == transfer.get("destination") \
+            and int(transfer.get("amount") or 0) * MICRO_PER_CENT == payout.amount:
+        # The run that made this transfer died before recording it: Stripe's event is proof enough.
+        _mark_paid(payout, transfer["id"])
+        db.session.refresh(payout)
+    if payout is None or payout.status != "paid" or payout.stripe_transfer_id != transfer["id"]:
+        log.warning("Stripe reversed transfer %s, which pays no recorded payout", transfer["id"])
+        return "unknown transfer"
+    total = min(int(transfer.get("amount_reversed") or 0) * MICRO_PER_CENT, payout.amount)
+    back = total - payout.reversed
+    if back <= 0:
+        return "already reversed"
+    ledger.post(f"payout:{payout.id}:reversed:{total}", "payout",
+                [(ledger.account_id("stripe"), -back), (ledger.account_id("host", payout.user_id), back)],
+                memo=f"Stripe reversed transfer {transfer['id']}")
+    payout.reversed = total
+    payout.updated_at = utcnow()
+    db.session.flush()
+    log.warning("Stripe reversed %s micro-USD of payout %s; owed to its host again", back, payout.id)
+    return "transfer reversed"
+
+
 # --- reading --------------------------------------------------------------------------------------------------
 
 def summary(user: User) -> Summary:
     """What the host's earnings page shows."""
     host = ledger.account("host", user)
     paid, pending = db.session.execute(select(
-        func.coalesce(func.sum(Payout.amount).filter(Payout.status == "paid"), 0),
+        func.coalesce(func.sum(Payout.amount - Payout.reversed).filter(Payout.status == "paid"), 0),
         func.coalesce(func.sum(Payout.amount).filter(Payout.status.in_(OPEN)), 0),
     ).where(Payout.user_id == user.id)).one()
     account = payout_account(user)
@@ -210,15 +264,20 @@ def due_owners() -> list[int]:
           AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.user_id = pa.user_id
                           AND p.status IN ('pending', 'needs_attention'))
           AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.user_id = pa.user_id AND p.status = 'failed'
-                          AND p.next_attempt_at > now())
+                          AND p.next_attempt_at > now()
+                          AND p.created_at > coalesce(pa.failures_cleared_at, '-infinity'))
         ORDER BY pa.user_id"""), {"threshold": default_threshold()}).scalars().all()
     db.session.commit()
     return list(rows)
 
 
 def failures_in_a_row(user_id: int) -> int:
-    statuses = db.session.scalars(select(Payout.status).where(Payout.user_id == user_id)
-                                  .order_by(Payout.created_at.desc(), Payout.id.desc())
+    """The owner's latest payouts that failed, back to the last success or an admin's go-ahead."""
+    cleared = db.session.scalar(select(PayoutAccount.failures_cleared_at).where(PayoutAccount.user_id == user_id))
+    query = select(Payout.status).where(Payout.user_id == user_id)
+    if cleared is not None:
+        query = query.where(Payout.created_at > cleared)
+    statuses = db.session.scalars(query.order_by(Payout.created_at.desc(), Payout.id.desc())
                                   .limit(current_app.config["PAYOUT_MAX_ATTEMPTS"])).all()
     count = 0
     for status in statuses:
@@ -294,6 +353,12 @@ def transfer(client: stripe.StripeClient, payout: Payout):
 
 def record_paid(payout: Payout, transfer_id: str) -> bool:
     """Step 3: the payout is paid; its amount leaves ``payouts_pending`` for Stripe. False if already recorded."""
+    done = _mark_paid(payout, transfer_id)
+    db.session.commit()
+    return done
+
+
+def _mark_paid(payout: Payout, transfer_id: str) -> bool:
     done = db.session.execute(
         update(Payout).where(Payout.id == payout.id, Payout.status.in_(OPEN))
         .values(status="paid", stripe_transfer_id=transfer_id, last_error=None, updated_at=func.now())
@@ -303,7 +368,6 @@ def record_paid(payout: Payout, transfer_id: str) -> bool:
                     [(ledger.account_id("payouts_pending"), -payout.amount),
                      (ledger.account_id("stripe"), payout.amount)],
                     memo=f"Stripe transfer {transfer_id}")
-    db.session.commit()
     return bool(done)
 
 
@@ -375,6 +439,30 @@ def run() -> dict[str, int]:
             outcome = send(payout.id)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
+
+
+def owners_on_hold() -> list[tuple[PayoutAccount, Payout]]:
+    """Owners skipped because their payouts failed ``PAYOUT_MAX_ATTEMPTS`` times in a row, with the last failure."""
+    limit = current_app.config["PAYOUT_MAX_ATTEMPTS"]
+    held = []
+    for account in db.session.scalars(select(PayoutAccount).where(PayoutAccount.user_id.in_(
+            select(Payout.user_id).where(Payout.status == "failed"))).order_by(PayoutAccount.user_id)):
+        if failures_in_a_row(account.user_id) >= limit:
+            last = db.session.scalar(select(Payout).where(Payout.user_id == account.user_id)
+                                     .order_by(Payout.created_at.desc(), Payout.id.desc()).limit(1))
+            held.append((account, last))
+    return held
+
+
+def resume_owner(admin: User, user_id: int) -> bool:
+    """After an admin looked: the owner's earlier failures stop counting, and the next run pays them if due."""
+    account = db.session.get(PayoutAccount, user_id)
+    if account is None:
+        return False
+    account.failures_cleared_at = utcnow()
+    audit.record(admin, "payouts.resume", "user", user_id)
+    db.session.commit()
+    return True
 
 
 def admin_reset(payout: Payout) -> None:

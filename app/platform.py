@@ -16,12 +16,14 @@ import urllib.request
 from pathlib import Path
 
 import click
+import stripe
+import urllib3
 from flask import current_app
 from flask.cli import with_appcontext
 
 from hostkit.engine import free_port
 
-from . import ROOT, catalog, demo, demo_network
+from . import ROOT, catalog, demo, demo_network, payouts
 from .extensions import db
 
 READY_TIMEOUT_SECONDS = 60
@@ -167,10 +169,11 @@ def _start_stripe_standin(public: str) -> subprocess.Popen | None:
            "STRIPE_STANDIN_WEBHOOK_SECRET": settings["STRIPE_WEBHOOK_SECRET"],
            "STRIPE_STANDIN_CONNECT_WEBHOOK_SECRET": settings["STRIPE_CONNECT_WEBHOOK_SECRET"]}
     click.echo(f"Starting the local Stripe stand-in on {settings['STRIPE_API_BASE']} (no real payments)...")
+    state = Path(config["GPUSHARE_DATA_DIR"]) / "stripe-standin.json"
     return subprocess.Popen([sys.executable, "-m", "app.stripe_standin", "--port", str(port),
                              "--webhook-url", f"{public}/stripe/webhook",
-                             "--connect-webhook-url", f"{public}/stripe/connect-webhook"], env=env, cwd=ROOT,
-                            preexec_fn=_detach_from_terminal)
+                             "--connect-webhook-url", f"{public}/stripe/connect-webhook", "--state", str(state)],
+                            env=env, cwd=ROOT, preexec_fn=_detach_from_terminal)
 
 
 def _start_demo_host(model: str, data_dir: Path, router_url: str, own_machine: bool, env: dict):
@@ -213,6 +216,18 @@ def _start_demo_host(model: str, data_dir: Path, router_url: str, own_machine: b
     click.echo(f"Demo host ready in {time.monotonic() - started:.0f}s"
                + (" (over the WireGuard overlay)." if own_machine else " (loopback overlay)."))
     return agent
+
+
+def _pay_demo_host(public: str) -> None:
+    """The demo host's owner is paid through the stand-in, so the admin's money page has a payout to show."""
+    try:
+        outcome = demo.pay_demo_host(public)
+    except (payouts.PayoutError, stripe.StripeError, urllib3.exceptions.HTTPError) as exc:
+        click.echo(f"The demo payout could not be made ({exc}); payouts still run every hour.")
+        return
+    if outcome.get("paid"):
+        click.echo(f"Paid the demo host's owner {demo.DEMO_HOST_EARNINGS / 1e6:.2f} USD through the Stripe stand-in "
+                   "(see Admin > Money).")
 
 
 @click.command("serve")
@@ -269,6 +284,8 @@ def serve_command(host: str, port: int, workers: int, demo_model: str) -> None:
         _wait_ready(f"{public}/healthz", web)
         if demo_model != "none":
             agent = _start_demo_host(demo_model, data_dir, router_url, own_machine, env)
+        if standin is not None and demo_model != "none":
+            _pay_demo_host(public)
         click.echo(_banner(info, data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
         while all(child.poll() is None for child in [*children, *([agent] if agent else [])]):
             time.sleep(0.5)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import redis
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from .extensions import db
+from .models import PriceHistory, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -124,4 +126,37 @@ def recent_moves(model_ids: list[int], per_model: int = 8, days: int = 7) -> dic
     if model_ids:
         for row in db.session.execute(RECENT_MOVES_SQL, {"ids": model_ids, "per_model": per_model, "days": days}):
             found[row.model_id].append(row)
+    return found
+
+
+@dataclass(frozen=True)
+class MarketPoint:
+    """One pricing decision as charts show it: demand and supply in tokens per minute, the prices it set
+    in micro-USD per million tokens."""
+
+    at: datetime
+    demand: int
+    supply: int
+    input_price: int
+    output_price: int
+
+    @property
+    def ts(self) -> int:
+        return int(self.at.timestamp())
+
+
+def market_history(model_ids: list[int], hours: int = 24, *,
+                   now: datetime | None = None) -> dict[int, list[MarketPoint]]:
+    """Each model's pricing decisions over the last ``hours``, oldest first."""
+    found: dict[int, list[MarketPoint]] = {model_id: [] for model_id in model_ids}
+    if model_ids:
+        end = now or utcnow()
+        rows = db.session.execute(
+            select(PriceHistory.model_id, PriceHistory.at, PriceHistory.demand, PriceHistory.supply,
+                   PriceHistory.new_input_price, PriceHistory.new_output_price)
+            .where(PriceHistory.model_id.in_(model_ids), PriceHistory.at > end - timedelta(hours=hours),
+                   PriceHistory.at <= end)
+            .order_by(PriceHistory.model_id, PriceHistory.at))
+        for model_id, *point in rows:
+            found[model_id].append(MarketPoint(*point))
     return found

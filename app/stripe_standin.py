@@ -6,7 +6,9 @@ is the same. It speaks Stripe's API shape for:
 
 - ``POST /v1/checkout/sessions`` (``mode=payment``, ``line_items[].price_data``,
   ``success_url``/``cancel_url``, ``metadata``, ``client_reference_id``; the
-  ``Idempotency-Key`` header is honoured) and ``GET /v1/checkout/sessions/<id>``;
+  ``Idempotency-Key`` header is honoured), ``GET /v1/checkout/sessions/<id>``
+  and ``GET /v1/checkout/sessions`` (``limit``, ``starting_after``, and
+  ``expand[]=data.payment_intent.latest_charge`` for what was refunded);
 - a hosted page per session with Pay (card), Pay by bank transfer (async:
   settled later with succeed/fail), Decline, and Cancel;
 - webhook events signed as Stripe signs them (``Stripe-Signature: t=...,v1=...``,
@@ -24,8 +26,14 @@ is the same. It speaks Stripe's API shape for:
   balance: a transfer beyond it is refused with ``balance_insufficient``.
   Connect events (``account.updated`` on onboarding, ``payout.paid`` /
   ``payout.failed`` from ``bank_payout``) go to ``connect_webhook_url``.
+  ``POST /v1/transfers/<id>/reversals`` (and ``reverse_transfer``) takes
+  money back from a connected account: a ``transfer.reversed`` event to the
+  platform's endpoint; ``charge.dispute.funds_reinstated`` comes from
+  ``win_dispute``.
 
-State lives in memory. Run it with ``python -m app.stripe_standin`` (``flask
+State lives in memory, and in a JSON file with ``--state`` (``flask serve``
+keeps it in the data directory, so purchases and payouts made in one run are
+still known to the next). Run it with ``python -m app.stripe_standin`` (``flask
 serve`` does when no ``STRIPE_SECRET_KEY`` is set), or in-process from tests.
 """
 from __future__ import annotations
@@ -87,6 +95,7 @@ class StandIn:
         self.api_key, self.webhook_secret, self.webhook_url = api_key, webhook_secret, webhook_url
         self.sessions: dict[str, dict] = {}
         self.charges: dict[str, dict] = {}
+        self.disputes: dict[str, dict] = {}
         self.events: list[dict] = []
         self.deliveries: list[tuple[str, int | str]] = []
         self._idempotent: dict[str, dict] = {}
@@ -99,6 +108,7 @@ class StandIn:
         self._transfer_keys: dict[str, tuple[dict, int, dict]] = {}  # key -> (params, status, body)
         self._lock = threading.Lock()
         self.autodeliver = True  # tests turn this off to deliver events themselves, twice or out of order
+        self.state_path: str | None = None
         self.app = self._make_app()
 
     # --- what tests and the hosted page do ------------------------------------------------------------------
@@ -161,6 +171,8 @@ class StandIn:
     def refund(self, session_id: str, cents: int | None = None, *, send: bool = True) -> dict:
         """Refund ``cents`` (all that is left by default) of the session's charge: a ``charge.refunded`` event."""
         charge = self._charge_of(session_id)
+        if charge["disputed"]:
+            raise ValueError("a disputed charge can't be refunded")
         cents = charge["amount"] - charge["amount_refunded"] if cents is None else cents
         charge["amount_refunded"] += cents
         charge["refunded"] = charge["amount_refunded"] == charge["amount"]
@@ -174,7 +186,20 @@ class StandIn:
                    "reason": "fraudulent", "status": "needs_response", "created": int(time.time()),
                    "livemode": False, "metadata": {}}
         charge["disputed"] = True
+        self.disputes[dispute["id"]] = dispute
         return self._send("charge.dispute.created", dispute) if send else self.event("charge.dispute.created", dispute)
+
+    def win_dispute(self, dispute_id: str, *, send: bool = True) -> dict:
+        """The platform wins the dispute: Stripe returns the money, a ``charge.dispute.funds_reinstated`` event."""
+        dispute = self.disputes[dispute_id]
+        if dispute["status"] == "won":
+            raise ValueError("this dispute was already won")
+        dispute["status"] = "won"
+        self.charges[dispute["charge"]]["disputed"] = False
+        event = self.event("charge.dispute.funds_reinstated", dispute)
+        if send and self.webhook_url and self.autodeliver:
+            self.deliver(event)
+        return event
 
     def _charge(self, session: dict) -> dict:
         charge = {"id": _id("ch"), "object": "charge", "amount": session["amount_total"],
@@ -191,6 +216,16 @@ class StandIn:
         if "_charge" not in session:
             raise ValueError("this session has no successful charge")
         return self.charges[session["_charge"]]
+
+    def _payment_intent(self, session: dict, *, with_charge: bool) -> dict | None:
+        """The session's PaymentIntent as an expanded object (the stand-in keeps no others), its charge too if asked."""
+        if not session.get("payment_intent"):
+            return None
+        charge = self.charges.get(session.get("_charge"))
+        return {"id": session["payment_intent"], "object": "payment_intent", "amount": session["amount_total"],
+                "amount_received": charge["amount"] if charge else 0, "currency": session["currency"],
+                "status": "succeeded" if charge else "processing", "livemode": False, "metadata": {},
+                "latest_charge": (dict(charge) if with_charge else charge["id"]) if charge else None}
 
     def onboard(self, account_id: str) -> dict:
         """The host finishes Stripe's onboarding: details submitted, transfers and payouts enabled."""
@@ -217,6 +252,56 @@ class StandIn:
                   "failure_code": "account_closed" if failed else None,
                   "failure_message": "The bank account has been closed." if failed else None}
         return self.connect_event("payout.failed" if failed else "payout.paid", payout, account_id)
+
+    def reverse_transfer(self, transfer_id: str, cents: int | None = None) -> dict:
+        """Take back ``cents`` (all that is left by default) of a transfer: a reversal and a ``transfer.reversed``
+        event to the platform's endpoint. The money returns to the platform's balance."""
+        with self._lock:
+            transfer = self.transfers.get(transfer_id)
+            if transfer is None:
+                raise StripeApiError("id", f"No such transfer: '{transfer_id}'", 404)
+            left = transfer["amount"] - transfer["amount_reversed"]
+            cents = left if cents is None else cents
+            if not 0 < cents <= left:
+                raise StripeApiError("amount", f"Amount must be from 1 to {left}, what is left of the transfer.")
+            reversal = {"id": _id("trr"), "object": "transfer_reversal", "amount": cents,
+                        "balance_transaction": _id("txn"), "created": int(time.time()),
+                        "currency": transfer["currency"], "destination_payment_refund": _id("pyr"), "metadata": {},
+                        "transfer": transfer_id}
+            transfer["amount_reversed"] += cents
+            transfer["reversed"] = transfer["amount_reversed"] == transfer["amount"]
+            transfer["reversals"]["data"].insert(0, reversal)
+            transfer["reversals"]["total_count"] += 1
+            if self.balance is not None:
+                self.balance += cents
+        self._send("transfer.reversed", transfer)
+        return reversal
+
+    STATE = ("sessions", "charges", "disputes", "accounts", "account_links", "transfers", "balance", "_idempotent",
+             "_transfer_keys")
+
+    def save(self) -> None:
+        """Write the state to ``state_path`` (when set), so a restarted stand-in still knows what it did."""
+        if not self.state_path:
+            return
+        with self._lock:
+            state = json.dumps({name: getattr(self, name) for name in self.STATE})
+        partial = f"{self.state_path}.partial"
+        with open(partial, "w") as fh:
+            fh.write(state)
+        os.replace(partial, self.state_path)
+
+    def load(self, path: str) -> None:
+        """Read the state a stand-in saved at ``path`` (if any) and keep saving there."""
+        self.state_path = path
+        if not os.path.exists(path):
+            return
+        with open(path) as fh:
+            state = json.load(fh)
+        for name in self.STATE:
+            if name in state:
+                setattr(self, name, state[name])
+        self._transfer_keys = {key: tuple(saved) for key, saved in self._transfer_keys.items()}
 
     def forget_keys(self) -> None:
         """Prune every saved idempotency key, as Stripe does once a key is 24 hours old."""
@@ -346,6 +431,12 @@ class StandIn:
             return jsonify(error={"type": "invalid_request_error", "message": exc.message, "param": exc.param}), \
                 exc.status
 
+        @app.after_request
+        def persist(response):
+            if request.method == "POST":
+                self.save()
+            return response
+
         @app.before_request
         def authenticate():
             if request.path.startswith("/v1/") and request.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -368,6 +459,25 @@ class StandIn:
             if session_id not in self.sessions:
                 raise StripeApiError("id", f"No such checkout.session: '{session_id}'", status=404)
             return jsonify(public(self.sessions[session_id]))
+
+        @app.get("/v1/checkout/sessions")
+        def list_sessions():
+            """Newest first, paged as Stripe pages; ``expand[]=data.payment_intent(.latest_charge)`` as Stripe does."""
+            params = parse_form(request.args.items(multi=True))
+            expand = params.get("expand") or []
+            expand = [expand] if isinstance(expand, str) else expand
+            rows = list(reversed(list(self.sessions.values())))
+            after = params.get("starting_after")
+            if after:
+                ids = [s["id"] for s in rows]
+                rows = rows[ids.index(after) + 1:] if after in ids else []
+            limit = min(int(params.get("limit", 10)), 100)
+            data = [public(s) for s in rows[:limit]]
+            if "data.payment_intent" in expand or "data.payment_intent.latest_charge" in expand:
+                for shown, session in zip(data, rows):
+                    shown["payment_intent"] = self._payment_intent(
+                        session, with_charge="data.payment_intent.latest_charge" in expand)
+            return jsonify(object="list", url="/v1/checkout/sessions", has_more=len(rows) > limit, data=data)
 
         @app.post("/v1/accounts")
         def create_account():
@@ -424,6 +534,14 @@ class StandIn:
                 if key:
                     self._transfer_keys[key] = (params, status, body)
             return jsonify(body), status
+
+        @app.post("/v1/transfers/<transfer_id>/reversals")
+        def reverse_transfer(transfer_id):
+            params = parse_form(request.form.items(multi=True))
+            amount = params.get("amount")
+            if amount is not None and not str(amount).isdigit():
+                raise StripeApiError("amount", "Invalid integer: amount")
+            return jsonify(self.reverse_transfer(transfer_id, int(amount) if amount is not None else None))
 
         @app.get("/v1/transfers")
         def list_transfers():
@@ -500,12 +618,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--webhook-url", required=True)
     parser.add_argument("--connect-webhook-url", help="where events from connected accounts go")
+    parser.add_argument("--state", help="a JSON file that keeps the stand-in's objects across restarts")
     args = parser.parse_args(argv)
     # Secrets come through the environment, never the command line (other users can read that).
     standin = StandIn(os.environ["STRIPE_STANDIN_API_KEY"], os.environ["STRIPE_STANDIN_WEBHOOK_SECRET"],
                       args.webhook_url)
     standin.connect_webhook_url = args.connect_webhook_url
     standin.connect_webhook_secret = os.environ.get("STRIPE_STANDIN_CONNECT_WEBHOOK_SECRET")
+    if args.state:
+        standin.load(args.state)
     run_simple(args.host, args.port, standin.app, threaded=True)
 
 

@@ -14,6 +14,7 @@ import uuid
 
 import psycopg
 import pytest
+from argon2 import PasswordHasher
 from flask import has_app_context
 from flask.testing import FlaskClient
 import redis
@@ -21,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
-from app import create_app
+from app import accounts, create_app
 from app.config import normalise_database_url
 from app.extensions import db
 
@@ -88,6 +89,8 @@ def app(servers, tmp_path_factory):
         "UPSTREAM_CHUNK_TIMEOUT": 20,
     })
     app.test_client_class = Client
+    # Cheap argon2 parameters for the tests' many accounts: the real ones cost ~140 ms a password.
+    accounts.hasher = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
     with app.app_context():
         upgrade()
     yield app
@@ -168,7 +171,8 @@ def people(ctx):
 def live_server(app):
     """The session app on a real HTTP server on loopback; yields its base URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for the loop to notice, 0.5 s a test by default.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"

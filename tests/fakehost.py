@@ -27,7 +27,7 @@ class FakeHost:
         self.requests: list[dict] = []
         self.closed_early = threading.Event()
         self.server = make_server("127.0.0.1", 0, self.wsgi, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def api_base(self) -> str:

@@ -23,7 +23,7 @@ def standin(app, live_server):
     standin.connect_webhook_url = f"{live_server}/stripe/connect-webhook"
     standin.connect_webhook_secret = CONNECT_WEBHOOK_SECRET
     server = make_server("127.0.0.1", 0, standin.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     keys = ("STRIPE_SECRET_KEY", "STRIPE_API_BASE", "STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS",
             "STRIPE_CONNECT_WEBHOOK_SECRET")

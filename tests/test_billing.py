@@ -163,9 +163,9 @@ def test_the_stand_in_runs_as_the_process_make_run_starts(tmp_path):
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "STRIPE_STANDIN_API_KEY": "sk_test_child",
            "STRIPE_STANDIN_WEBHOOK_SECRET": "whsec_x"}
-    child = subprocess.Popen([sys.executable, "-m", "app.stripe_standin", "--port", str(port),
-                              "--webhook-url", "http://127.0.0.1:9/stripe/webhook"], env=env, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "app.stripe_standin", "--port", str(port), "--webhook-url",
+               "http://127.0.0.1:9/stripe/webhook", "--state", str(tmp_path / "standin.json")]
+    child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         stripe_client = stripe.StripeClient("sk_test_child", base_addresses={"api": f"http://127.0.0.1:{port}"})
         for _ in range(100):
@@ -183,6 +183,20 @@ def test_the_stand_in_runs_as_the_process_make_run_starts(tmp_path):
         with pytest.raises(stripe.AuthenticationError):
             stripe.StripeClient("sk_test_wrong", base_addresses={"api": f"http://127.0.0.1:{port}"},
                                 max_network_retries=0).v1.checkout.sessions.retrieve(session.id)
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+    # Restarted on its state file, it still knows the session (make run keeps one across runs).
+    child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                assert stripe_client.v1.checkout.sessions.retrieve(session.id).amount_total == 700
+                break
+            except stripe.APIConnectionError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the restarted stand-in did not answer")
     finally:
         child.terminate()
         child.wait(timeout=10)

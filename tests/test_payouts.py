@@ -179,6 +179,94 @@ def test_it_stops_retrying_after_the_bound(people, standin, app):
     check_ledger()
 
 
+def test_an_admin_lets_a_skipped_owner_be_paid_again(people, standin, app, auth, client):
+    connect(people.bob, standin)
+    earn(people.bob, 20 * USD)
+    standin.balance = 0
+    for _ in range(app.config["PAYOUT_MAX_ATTEMPTS"]):
+        due_now()
+        payout_job.pay_hosts()
+    auth.login(people.carol)
+    page = client.get("/admin/payouts").get_data(as_text=True)
+    assert "Owners skipped after repeated failures" in page and people.bob.email in page
+    assert "balance_insufficient" in page
+    standin.balance = 100_000
+    assert payout_job.pay_hosts() == {}  # still skipped: nobody has looked yet
+    response = client.post(f"/admin/payouts/owners/{people.bob.id}/resume", data={"csrf_token": auth.token()})
+    assert response.status_code == 302
+    page = client.get("/admin/payouts").get_data(as_text=True)
+    assert "will be tried again" in page and "times in a row." in page
+    assert payout_job.pay_hosts() == {"paid": 1}
+    assert host_available(people.bob) == 0 and len(standin.transfers) == 1
+    assert client.post("/admin/payouts/owners/999999/resume", data={"csrf_token": auth.token()}).status_code == 404
+    check_ledger()
+
+
+def test_a_reversed_transfer_is_owed_to_the_host_again(people, standin, auth, client):
+    connect(people.bob, standin)
+    earn(people.bob, 20 * USD)
+    assert payout_job.pay_hosts() == {"paid": 1}
+    [transfer] = standin.transfers.values()
+    standin.autodeliver = False
+    standin.reverse_transfer(transfer["id"], 500)
+    partial = standin.events[-1]
+    standin.reverse_transfer(transfer["id"])
+    rest = standin.events[-1]
+    at_once(standin.deliver, [rest, partial, rest, partial])
+    assert all(status == 200 for _, status in standin.deliveries[-4:])
+    [payout] = all_payouts()
+    assert (payout.status, payout.reversed) == ("paid", 20 * USD)
+    assert host_available(people.bob) == 20 * USD
+    check_ledger()
+    auth.login(people.bob)
+    page = client.get("/host").get_data(as_text=True)
+    assert "Stripe reversed $20.00 of it" in page
+    assert re.search(r"Paid out</dt><dd>\$0\.00", page) and re.search(r"Earned</dt><dd>\$20\.00", page)
+
+
+def test_a_reversal_of_a_transfer_the_dead_job_never_recorded_still_counts(people, standin, monkeypatch):
+    connect(people.bob, standin)
+    earn(people.bob, 20 * USD)
+
+    def die(payout, transfer_id):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(payouts, "record_paid", die)
+    with pytest.raises(SystemExit):
+        payout_job.pay_hosts()
+    monkeypatch.undo()
+    [transfer] = standin.transfers.values()
+    assert [p.status for p in all_payouts()] == ["pending"]
+    standin.reverse_transfer(transfer["id"], 700)  # delivered to the webhook at once
+    [payout] = all_payouts()
+    assert (payout.status, payout.stripe_transfer_id, payout.reversed) == ("paid", transfer["id"], 7 * USD)
+    payouts.set_threshold(people.bob, 5)
+    due_now()
+    assert payout_job.pay_hosts() == {"paid": 1}  # what came back is paid again, once
+    assert len(standin.transfers) == 2 and host_available(people.bob) == 0
+    check_ledger()
+
+
+def test_a_host_sets_its_own_payout_threshold(people, standin, auth, client):
+    connect(people.bob, standin)
+    earn(people.bob, 20 * USD)
+    auth.login(people.bob)
+    for bad, message in (("abc", "whole number of dollars"), ("0", "from $1 to $100,000"),
+                         ("100001", "from $1 to $100,000")):
+        response = client.post("/host/payouts/threshold", data={"threshold": bad, "csrf_token": auth.token()})
+        assert response.status_code == 400 and message in response.get_data(as_text=True)
+    assert payouts.payout_account(people.bob).threshold is None
+    response = client.post("/host/payouts/threshold", data={"threshold": "$50", "csrf_token": auth.token()},
+                           follow_redirects=True)
+    page = response.get_data(as_text=True)
+    assert "Payouts now start once $50 is available." in page
+    assert "$30.00 more to reach the threshold" in page
+    assert payout_job.pay_hosts() == {}
+    client.post("/host/payouts/threshold", data={"threshold": "", "csrf_token": auth.token()})
+    assert "$20.00 at the next payout run" in client.get("/host").get_data(as_text=True)
+    assert payout_job.pay_hosts() == {"paid": 1}
+
+
 def test_it_makes_one_transfer_when_two_runs_race(people, standin, app):
     connect(people.bob, standin)
     earn(people.bob, 20 * USD)

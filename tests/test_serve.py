@@ -1,6 +1,7 @@
 """``flask serve``, what ``make run`` runs: from nothing, across a restart, and nothing left behind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import openai
 import psutil
 import redis
@@ -71,6 +73,16 @@ class Platform:
             self.log.close()
 
 
+@contextlib.contextmanager
+def admin_browser(base: str, env: dict):
+    """A browser session logged in as the demo admin, through the login form."""
+    with httpx.Client(base_url=base, timeout=30) as browser:
+        token = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', browser.get("/login").text)[1]
+        browser.post("/login", data={"email": env["GPUSHARE_ADMIN_EMAIL"],
+                                     "password": env["GPUSHARE_ADMIN_PASSWORD"], "csrf_token": token})
+        yield browser
+
+
 def leftovers(data_dir: Path, port: int) -> list[str]:
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
@@ -101,6 +113,12 @@ def test_it_serves_from_nothing_survives_a_restart_and_leaves_nothing(tmp_path):
         assert re.search(rf"demo API key: {re.escape(env['OPENAI_API_KEY'])}", banner)
         assert f"admin: {env['GPUSHARE_ADMIN_EMAIL']} / {env['GPUSHARE_ADMIN_PASSWORD']}" in banner
         assert 'curl -s "$OPENAI_BASE_URL/models"' in banner
+        # The demo host's owner was paid through the Stripe stand-in; the admin sees the payout.
+        assert "Paid the demo host's owner 12.34 USD through the Stripe stand-in" in banner
+        with admin_browser(base, env) as browser:
+            money = browser.get("/admin/money").text
+        paid = money.split('id="paid-payouts"')[1].split("</table>")[0]
+        assert "host@gpushare.localhost" in paid and "$12.34" in paid
 
         assert "Open LLMs through an OpenAI-compatible API" in get(f"{base}/")[1]
         assert 'name="password"' in get(f"{base}/login")[1]
@@ -138,6 +156,12 @@ def test_it_serves_from_nothing_survives_a_restart_and_leaves_nothing(tmp_path):
         cache = redis.Redis(unix_socket_path=str(data_dir / "redis" / "redis.sock"))
         assert cache.get("probe") == b"kept"
         cache.close()
+        # The stand-in kept its state: reconciling finds the demo payout's transfer still at "Stripe".
+        assert "Paid the demo host" not in banner  # paid once, on the first run
+        with admin_browser(base, env) as browser:
+            token = re.search(r'"X-CSRFToken": "([^"]+)"', browser.get("/admin/money").text)[1]
+            result = browser.post("/admin/money/reconcile", headers={"X-CSRFToken": token, "HX-Request": "true"}).text
+        assert "agree" in result, result
     finally:
         code = second.ctrl_c()
     assert code == 0, second.output()

@@ -168,6 +168,39 @@ def test_a_dispute_after_spending_puts_the_shortfall_on_a_receivable(people, hel
     check_ledger()
 
 
+@pytest.mark.parametrize("order", ["in order", "won first", "won first, all twice"])
+def test_a_won_dispute_gives_the_money_back_in_any_order(people, held, order):
+    session_id = start(people.alice, 20)
+    paid = held.pay(session_id)
+    created = held.dispute(session_id, 1500, send=False)
+    won = held.win_dispute(created["data"]["object"]["id"], send=False)
+    events = {"in order": [paid, created, won], "won first": [won, created, paid],
+              "won first, all twice": [won, paid, won, created, paid, created]}[order]
+    for event in events:
+        assert held.deliver(event) == 200
+    assert available(people.alice) == 20 * USD and owed(people.alice) == 0
+    db.session.rollback()
+    assert db.session.scalar(select(Purchase.disputed)) == 0
+    check_ledger()
+
+
+def test_a_won_dispute_pays_the_debt_it_caused_first(people, held):
+    from app import ledger
+
+    session_id = start(people.alice, 20)
+    held.deliver(held.pay(session_id))
+    ledger.post("spend", "usage", [(ledger.account_id("client", people.alice), -15 * USD),
+                                   (ledger.account_id("platform_fees"), 15 * USD)])
+    db.session.commit()
+    created = held.dispute(session_id, send=False)
+    held.deliver(created)
+    assert owed(people.alice) == 15 * USD
+    won = held.win_dispute(created["data"]["object"]["id"], send=False)
+    at_once(held.deliver, [won, won])
+    assert available(people.alice) == 5 * USD and owed(people.alice) == 0
+    check_ledger()
+
+
 def test_it_ignores_events_it_does_not_handle_but_remembers_them(people, held):
     event = held.event("customer.created", {"id": "cus_test_1", "object": "customer"})
     assert held.deliver(event) == 200

@@ -7,7 +7,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 from sqlalchemy import case, func, select
 
-from .. import accounts, catalog, diagnostics, ledger, payouts
+from .. import accounts, billing, catalog, diagnostics, ledger, money, payouts
 from .. import hosts as host_service
 from ..extensions import db
 from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, Payout, User
@@ -155,7 +155,33 @@ def _hosts_page(diagnostics: dict | None = None, status: int = 200):
 def payouts_page():
     """Host payouts that are open, failed, or need a person."""
     return render_template("admin/payouts.html", groups=payouts.needing_attention(),
-                           bank_failures=payouts.bank_failures(), action_form=ActionForm())
+                           bank_failures=payouts.bank_failures(), on_hold=payouts.owners_on_hold(),
+                           action_form=ActionForm())
+
+
+@bp.post("/payouts/owners/<int:user_id>/resume")
+def resume_payouts(user_id: int):
+    if not payouts.resume_owner(current_user, user_id):
+        abort(404)
+    flash(f"Payouts to {db.session.get(User, user_id).email} will be tried again at the next run.", "success")
+    return redirect(url_for("admin.payouts_page"))
+
+
+@bp.get("/money")
+def money_page():
+    """The platform's money from the database; reconciling with Stripe waits for the admin's button."""
+    return render_template("admin/money.html", overview=money.overview(), result=None,
+                           stripe_enabled=billing.enabled())
+
+
+@bp.post("/money/reconcile")
+def reconcile_money():
+    """Compare the ledger with Stripe now (it lists from Stripe: a button, not on every page load)."""
+    result = money.reconcile()
+    if request.htmx:
+        return render_template("admin/_reconcile.html", result=result, stripe_enabled=billing.enabled())
+    return render_template("admin/money.html", overview=money.overview(), result=result,
+                           stripe_enabled=billing.enabled())
 
 
 @bp.post("/payouts/<int:payout_id>/retry")

@@ -7,7 +7,7 @@ from flask_wtf import FlaskForm
 from wtforms import IntegerField
 from wtforms.validators import InputRequired
 
-from .. import billing, ledger, payouts
+from .. import billing, ledger, payouts, usage
 from ..extensions import csrf
 from . import role_required
 
@@ -25,6 +25,7 @@ def _page(form: BuyForm, status: int = 200):
     return render_template("billing/index.html", form=form, account=account, owed=ledger.owed(current_user),
                            purchases=billing.purchases(current_user), packs=billing.PACKS_USD, low=low, high=high,
                            enabled=billing.enabled(), totals=billing.totals(current_user),
+                           spend=usage.spend_per_day(current_user),
                            low_balance=account.available < current_app.config["LOW_BALANCE_USD"] * 1_000_000,
                            cancelled="cancelled" in request.args), status
 

@@ -85,6 +85,7 @@ def _page(*, forms: dict | None = None, model_errors: dict | None = None, **cont
         model_rows={host.id: host_service.models_for(host) for host in machines},
         vram_by_host={host.id: host_service.gpu_memory_mib(host) for host in machines},
         model_errors=model_errors or {}, payout=payouts.summary(current_user),
+        earned_per_day=host_service.earnings_per_day(current_user), markets=host_service.markets(current_user),
         payouts_enabled=payouts.enabled(), **context)
 
 
@@ -186,6 +187,23 @@ def _onboarding_redirect():
 def payouts_setup():
     """Send the host to Stripe's onboarding for their Express account (made on first use)."""
     return _onboarding_redirect()
+
+
+@bp.post("/payouts/threshold")
+@role_required("host")
+def payouts_threshold():
+    """The owner's own payout threshold (empty: the server's default)."""
+    raw = request.form.get("threshold", "").strip().lstrip("$").replace(",", "")
+    try:
+        if raw and not raw.isdigit():
+            raise payouts.PayoutError("The threshold is a whole number of dollars.")
+        account = payouts.set_threshold(current_user, int(raw) if raw else None)
+    except payouts.PayoutError as exc:
+        flash(str(exc), "error")
+        return _page(), 400
+    flash(f"Payouts now start once ${account.threshold // 1_000_000:,} is available." if account.threshold
+          else "Payouts now use the default threshold.", "success")
+    return redirect(url_for("hosts.dashboard"))
 
 
 @bp.get("/payouts/refresh")
