@@ -14,7 +14,7 @@ from app.extensions import db
 from app.models import CatalogModel, UsageRecord
 
 from .fakehost import WORD, FakeHost
-from .factories import give_credits, make_host, make_key
+from .factories import give_credits, make_host, make_key, refresh_routes
 
 MODEL = "gpushare/tiny-chat"
 
@@ -208,6 +208,30 @@ def test_it_answers_503_with_retry_after_when_no_host_serves_the_model(people, c
     assert response.status_code == 503 and response.headers["Retry-After"] == "10"
     assert response.get_json()["error"]["code"] == "no_host_available"
     assert ledger.account("client", people.alice).held == 0 and usage_rows() == []
+
+
+def test_it_sends_a_long_request_only_to_a_host_whose_engine_holds_it(people, client, client_key):
+    with FakeHost() as short, FakeHost() as long:
+        make_host(people.bob, [MODEL], api_base=short.api_base, name="short").heartbeat = {"max_model_len": 64}
+        long_host = make_host(people.bob, [MODEL], api_base=long.api_base, name="long")
+        db.session.commit()
+        refresh_routes()
+        ask = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        headers = {"Authorization": f"Bearer {client_key}"}
+        for max_tokens in (200, 2) * 4:
+            response = client.post("/v1/chat/completions", headers=headers, json={**ask, "max_tokens": max_tokens})
+            assert response.status_code == 200
+        assert short.requests and {body["max_tokens"] for body in short.requests} == {2}
+        assert [body["max_tokens"] for body in long.requests].count(200) == 4
+        long_host.enabled = False
+        db.session.commit()
+        refresh_routes()
+        response = client.post("/v1/chat/completions", headers=headers, json={**ask, "max_tokens": 200})
+    error = response.get_json()["error"]
+    assert response.status_code == 400 and error["code"] == "context_length_exceeded"
+    assert "The longest context a host serving this model takes now is 64 tokens" in error["message"]
+    assert ledger.account("client", people.alice).held == 0 and len(usage_rows()) == 8
+    check_ledger()
 
 
 def test_it_passes_a_hosts_refusal_as_400_and_charges_nothing(sdk, people, client_key):

@@ -181,6 +181,15 @@ def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
 
 
+def _check_context(limit: int, prompt_tokens: int, req: admission.CompletionRequest, what: str) -> None:
+    wanted = req.max_tokens or 1
+    if prompt_tokens + wanted > limit:
+        raise ApiError(400, f"{what} is {limit} tokens. However, you requested {prompt_tokens + wanted} tokens "
+                            f"({prompt_tokens} in the prompt, {wanted} for the completion). Please reduce the length "
+                            "of the prompt or the completion.",
+                       param="messages" if req.endpoint == "chat" else "prompt", code="context_length_exceeded")
+
+
 def admit(endpoint: str) -> Call:
     """Everything before a host is chosen; raises ApiError with the status a client should see."""
     gw = gateway()
@@ -204,13 +213,7 @@ def admit(endpoint: str) -> Call:
     except Exception:
         raise ApiError(400, "The messages could not be rendered with this model's chat template.",
                        param="messages", code="invalid_messages") from None
-    room = offer.context_length - prompt_tokens
-    wanted = req.max_tokens or 1
-    if room < wanted:
-        raise ApiError(400, f"This model's maximum context length is {offer.context_length} tokens. However, you "
-                            f"requested {prompt_tokens + wanted} tokens ({prompt_tokens} in the prompt, {wanted} "
-                            "for the completion). Please reduce the length of the prompt or the completion.",
-                       param="messages" if endpoint == "chat" else "prompt", code="context_length_exceeded")
+    _check_context(offer.context_length, prompt_tokens, req, "This model's maximum context length")
     rpm = key.requests_per_minute or gw.default_rpm
     tpm = key.tokens_per_minute or gw.default_tpm
     limits = gw.limiter.admit(key.id, rpm, tpm, prompt_tokens + (req.max_tokens or 0) * req.n)
@@ -225,7 +228,12 @@ def admit(endpoint: str) -> Call:
 def complete(endpoint: str):
     """``POST /v1/chat/completions`` and ``POST /v1/completions``."""
     call = admit(endpoint)
-    candidates = call.gw.routing.candidates(call.offer)
+    candidates = call.gw.routing.candidates(call.offer, call.prompt_tokens + (call.req.max_tokens or 1))
+    longest = call.gw.routing.longest_context(call.offer) if not candidates else None
+    if longest is not None:  # hosts serve the model, but none with a context this long
+        call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
+        _check_context(longest, call.prompt_tokens, call.req, "The longest context a host serving this model "
+                                                              "takes now")
     if not candidates:
         call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
         pricing.record_refusal(call.gw.cache, call.offer.id, call.reserved_tokens, call.gw.refusal_ttl)

@@ -20,8 +20,11 @@ from sqlalchemy.engine import Engine
 
 from .. import schedule
 
+# A host's engine may run with a shorter context than the catalog's (vLLM's --max-model-len); its heartbeat says.
 ROUTES_SQL = text("""
-    SELECT hm.model_id, h.id, h.owner_id, h.api_base, h.schedule, h.timezone
+    SELECT hm.model_id, h.id, h.owner_id, h.api_base, h.schedule, h.timezone,
+           CASE WHEN jsonb_typeof(h.heartbeat -> 'max_model_len') = 'number'
+                THEN (h.heartbeat ->> 'max_model_len')::numeric::bigint END AS max_model_len
     FROM host_models hm JOIN hosts h ON h.id = hm.host_id
     WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.available AND h.healthy
       AND h.api_base IS NOT NULL
@@ -38,6 +41,10 @@ class Route:
     host_id: int
     owner_id: int
     api_base: str
+    max_model_len: int | None = None  # None: the catalog's context length
+
+    def fits(self, tokens: int) -> bool:
+        return self.max_model_len is None or tokens <= self.max_model_len
 
 
 @dataclass(frozen=True)
@@ -75,9 +82,10 @@ class RoutingTable:
                           for row in conn.execute(MODELS_SQL)}
                 routes: dict[int, list[Route]] = {}
                 now = datetime.now(timezone.utc)
-                for model_id, host_id, owner_id, api_base, windows, tz in conn.execute(ROUTES_SQL):
+                for model_id, host_id, owner_id, api_base, windows, tz, max_len in conn.execute(ROUTES_SQL):
                     if schedule.serving(windows, tz, now):
-                        routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/")))
+                        routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/"),
+                                                                     max_len if max_len and max_len > 0 else None))
             self._models, self._routes = models, routes
             self._loaded_at = time.monotonic()
 
@@ -95,10 +103,10 @@ class RoutingTable:
         return sorted((m for m in self._models.values() if m.enabled and self._routes.get(m.id)),
                       key=lambda m: m.id)
 
-    def candidates(self, model: Offer) -> list[Route]:
-        """Hosts to try, best first."""
+    def candidates(self, model: Offer, tokens: int = 0) -> list[Route]:
+        """Hosts to try, best first, among those whose context holds ``tokens`` (prompt and completion)."""
         self._refresh()
-        routes = self._routes.get(model.id, [])
+        routes = [route for route in self._routes.get(model.id, []) if route.fits(tokens)]
         if len(routes) < 2:
             return list(routes)
         if self._strategy == "least_outstanding":
@@ -107,6 +115,15 @@ class RoutingTable:
             return [routes[i] for _, i in ranked]
         turn = next(self._turns.setdefault(model.id, itertools.count())) % len(routes)
         return routes[turn:] + routes[:turn]
+
+    def longest_context(self, model: Offer) -> int | None:
+        """The most tokens a serving host takes for ``model`` (the catalog's length when one has no limit);
+        None when no host serves it."""
+        self._refresh()
+        routes = self._routes.get(model.id, [])
+        if not routes:
+            return None
+        return max(route.max_model_len or model.context_length for route in routes)
 
     def started(self, route: Route) -> None:
         if self._strategy == "least_outstanding":

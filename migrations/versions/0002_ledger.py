@@ -129,8 +129,9 @@ def downgrade():
     for function in ("gs_void_expired", "gs_finish", "gs_hold", "gs_account", "ledger_check_balanced",
                      "ledger_apply_entry", "ledger_is_append_only"):
         op.execute(f"DROP FUNCTION IF EXISTS {function} CASCADE")
-    op.drop_constraint("ck_api_keys_within_spend_limit", "api_keys")
-    op.drop_constraint("ck_api_keys_held_not_negative", "api_keys")
+    # The names upgrade() gave them (the naming convention prefixed them a second time).
+    op.drop_constraint(op.f("ck_api_keys_ck_api_keys_within_spend_limit"), "api_keys")
+    op.drop_constraint(op.f("ck_api_keys_ck_api_keys_held_not_negative"), "api_keys")
     for table, column in (("hosts", "last_check_error"), ("hosts", "last_checked_at"),
                           ("hosts", "consecutive_successes"), ("hosts", "consecutive_failures"),
                           ("users", "tokens_per_minute"), ("users", "requests_per_minute"),

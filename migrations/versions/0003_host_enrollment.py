@@ -40,7 +40,7 @@ def upgrade():
 
 
 def downgrade():
-    op.drop_constraint("ck_hosts_engine_port_valid", "hosts")
+    op.drop_constraint(op.f("ck_hosts_ck_hosts_engine_port_valid"), "hosts")  # the name upgrade() gave it
     for column in ("heartbeat", "available", "ssh_host_key", "engine_port"):
         op.drop_column("hosts", column)
     op.drop_constraint("uq_hosts_token_hash", "hosts")
