@@ -99,8 +99,12 @@ def get_purchase(user: User, *, purchase_id: int | None = None, session_id: str 
 
 # --- the webhook -------------------------------------------------------------------------------------------------
 
+PLATFORM_SECRETS = ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS")  # the current one, and while rotating
+CONNECT_SECRETS = ("STRIPE_CONNECT_WEBHOOK_SECRET",)
+
+
 def verify(payload: bytes, header: str | None, *, now: float | None = None,
-           secret_keys: tuple[str, ...] = ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS")) -> dict:
+           secret_keys: tuple[str, ...] = PLATFORM_SECRETS) -> dict:
     """The event in ``payload`` when ``header`` carries a valid Stripe signature made within the tolerance.
 
     Stripe's library checks the signature (any ``v1`` entry, against the current or the previous secret)
@@ -146,17 +150,24 @@ def handle_event(event: dict) -> str:
         # Every event about one payment takes this lock first: a refund that comes before the payment's
         # completion is stored as waiting before the completion looks for waiting events, never beside it.
         db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:pi))"), {"pi": payment_intent})
+    if not record_event(event, payment_intent=payment_intent):
+        return "duplicate"
+    handler = HANDLERS.get(event["type"])
+    outcome = handler(event) if handler else "ignored"
+    db.session.commit()
+    return outcome
+
+
+def record_event(event: dict, *, payment_intent: str | None = None) -> bool:
+    """Store a verified event by its id in the current transaction, the one that acts on it.
+    False (and the transaction rolled back) when it was stored before: a redelivery."""
     stored = db.session.execute(
         insert(StripeEvent).values(id=event["id"], type=event["type"], payment_intent_id=payment_intent,
                                    applied=True, payload=event)
         .on_conflict_do_nothing(index_elements=["id"]).returning(StripeEvent.id)).scalar_one_or_none()
     if stored is None:
         db.session.rollback()
-        return "duplicate"
-    handler = HANDLERS.get(event["type"])
-    outcome = handler(event) if handler else "ignored"
-    db.session.commit()
-    return outcome
+    return stored is not None
 
 
 def _payment_intent(obj: dict) -> str | None:

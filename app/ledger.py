@@ -78,9 +78,9 @@ def owed(client: User | int) -> int:
 
 def credit_entries(source: int, client: User | int, amount: int) -> list[tuple[int, int]]:
     """Entries moving ``amount`` from ``source`` to ``client``, paying what the client owes first."""
-    _lock_client(client)
+    acct = _lock_client(client)
     debt = min(owed(client), amount)
-    entries = [(source, -amount), (account_id("client", client), amount - debt)]
+    entries = [(source, -amount), (acct.id, amount - debt)]
     if debt:
         entries.append((account_id("receivable", client), debt))
     return entries

@@ -257,11 +257,6 @@ def _check_purchases(sessions: list[dict], capped: bool) -> list[Mismatch]:
     return found
 
 
-def _payout_id(transfer: dict) -> int | None:
-    value = str((transfer.get("metadata") or {}).get("payout_id") or "")
-    return int(value) if value.isdigit() else None
-
-
 def _check_payouts(transfers: list[dict], capped: bool) -> list[Mismatch]:
     found: list[Mismatch] = []
     seen = {transfer["id"] for transfer in transfers}
@@ -269,7 +264,7 @@ def _check_payouts(transfers: list[dict], capped: bool) -> list[Mismatch]:
     paid_here = Payout.status == "paid"
     rows = db.session.scalars(select(Payout).options(selectinload(Payout.user)).where(or_(
         Payout.stripe_transfer_id.in_(list(seen)),
-        Payout.id.in_([pid for pid in map(_payout_id, transfers) if pid is not None]),
+        Payout.id.in_([pid for pid in map(payouts.payout_id_of, transfers) if pid is not None]),
         and_(paid_here, Payout.created_at >= newer) if newer is not None else paid_here))).all()
     by_transfer = {payout.stripe_transfer_id: payout for payout in rows if payout.stripe_transfer_id}
     by_id = {payout.id: payout for payout in rows}
@@ -278,7 +273,7 @@ def _check_payouts(transfers: list[dict], capped: bool) -> list[Mismatch]:
         found.append(Mismatch("payout", ref, words))
 
     for transfer in transfers:
-        payout_id = _payout_id(transfer)
+        payout_id = payouts.payout_id_of(transfer)
         payout = by_transfer.get(transfer["id"]) or by_id.get(payout_id)
         cents, destination = transfer.get("amount") or 0, transfer.get("destination")
         if payout is None:

@@ -34,9 +34,9 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from . import audit, ledger
-from .billing import MICRO_PER_CENT, stripe_client
+from .billing import MICRO_PER_CENT, enabled, record_event, stripe_client
 from .extensions import db
-from .models import LedgerAccount, Payout, PayoutAccount, StripeEvent, User, utcnow
+from .models import LedgerAccount, Payout, PayoutAccount, User, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,6 @@ class Summary:
         """What the next run of the payout job would send (whole cents of what is available), 0 if below threshold."""
         amount = max(self.available, 0) // MICRO_PER_CENT * MICRO_PER_CENT
         return amount if amount and amount >= self.threshold else 0
-
-
-def enabled() -> bool:
-    return bool(current_app.config.get("STRIPE_SECRET_KEY"))
 
 
 def default_threshold() -> int:
@@ -154,11 +150,7 @@ def set_threshold(user: User, dollars: int | None) -> PayoutAccount:
 
 def handle_connect_event(event: dict) -> str:
     """Act on one verified event from a connected account, exactly once (stored by id, as billing's are)."""
-    stored = db.session.execute(
-        insert(StripeEvent).values(id=event["id"], type=event["type"], applied=True, payload=event)
-        .on_conflict_do_nothing(index_elements=["id"]).returning(StripeEvent.id)).scalar_one_or_none()
-    if stored is None:
-        db.session.rollback()
+    if not record_event(event):
         return "duplicate"
     obj = event["data"]["object"]
     account_id = event.get("account") or (obj.get("id") if obj.get("object") == "account" else None)
@@ -188,14 +180,20 @@ def handle_connect_event(event: dict) -> str:
     return outcome
 
 
+def payout_id_of(transfer: dict) -> int | None:
+    """The payout a Stripe transfer pays, from the metadata it was made with; None for another transfer."""
+    value = str((transfer.get("metadata") or {}).get("payout_id") or "")
+    return int(value) if value.isdigit() else None
+
+
 def transfer_reversed(transfer: dict) -> str:
     """Stripe took back (part of) a paid payout's transfer: what came back is owed to the host again.
 
     ``amount_reversed`` is the transfer's running total, so a late or repeated event never counts twice."""
-    payout_id = str((transfer.get("metadata") or {}).get("payout_id") or "")
+    payout_id = payout_id_of(transfer)
     matches = [Payout.stripe_transfer_id == transfer["id"]]
-    if payout_id.isdigit():
-        matches.append(Payout.id == int(payout_id))
+    if payout_id is not None:
+        matches.append(Payout.id == payout_id)
     payout = db.session.scalar(select(Payout).where(or_(*matches)).with_for_update()
                                .execution_options(populate_existing=True))
     if payout is not None and payout.status in OPEN and payout.destination == transfer.get("destination") \

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 from app import pricing, schedule
 from app.extensions import db
 from app.models import CatalogModel, PriceHistory
+from app.proxy.routing import SERVING_HOSTS
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,8 @@ SERVED_SQL = text("""
     WHERE created_at >= :start AND created_at < :end GROUP BY model_id
 """)
 
-# The same hosts the routing table sends requests to (app/proxy/routing.py).
-HOSTS_SQL = text("""
-    SELECT hm.model_id, h.heartbeat, h.schedule, h.timezone
-    FROM host_models hm JOIN hosts h ON h.id = hm.host_id
-    WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.available AND h.healthy
-      AND h.api_base IS NOT NULL
-""")
+# The same hosts the routing table sends requests to.
+HOSTS_SQL = text(f"SELECT hm.model_id, h.heartbeat, h.schedule, h.timezone {SERVING_HOSTS}")
 
 
 @dataclass(frozen=True)

@@ -211,24 +211,23 @@ def router_dies(world: World) -> str:
     return f"a router died holding credit for {user.email} (granted {granted})"
 
 
-def refund(world: World) -> str:
-    session_id = world.pick(paid_sessions(world))
+def take_back(world: World, kind: str) -> str:
+    """A refund by the merchant or a dispute by the cardholder, of part of what is left of a paid charge."""
+    session_id = world.pick(paid_sessions(world, disputable=kind == "dispute"))
     if session_id is None:
-        return "nothing to refund"
+        return f"nothing to {kind}"
     charge = world.standin.charges[world.standin.sessions[session_id]["_charge"]]
     cents = world.rng.randint(1, charge["amount"] - charge["amount_refunded"])
-    world.standin.refund(session_id, cents)
-    return f"refund {cents} cents of {session_id}"
+    getattr(world.standin, kind)(session_id, cents)
+    return f"{kind} {cents} cents of {session_id}"
+
+
+def refund(world: World) -> str:
+    return take_back(world, "refund")
 
 
 def dispute(world: World) -> str:
-    session_id = world.pick(paid_sessions(world, disputable=True))
-    if session_id is None:
-        return "nothing to dispute"
-    charge = world.standin.charges[world.standin.sessions[session_id]["_charge"]]
-    cents = world.rng.randint(1, charge["amount"] - charge["amount_refunded"])
-    world.standin.dispute(session_id, cents)
-    return f"dispute {cents} cents of {session_id}"
+    return take_back(world, "dispute")
 
 
 def win_dispute(world: World) -> str:

@@ -229,13 +229,12 @@ def complete(endpoint: str):
     """``POST /v1/chat/completions`` and ``POST /v1/completions``."""
     call = admit(endpoint)
     candidates = call.gw.routing.candidates(call.offer, call.prompt_tokens + (call.req.max_tokens or 1))
-    longest = call.gw.routing.longest_context(call.offer) if not candidates else None
-    if longest is not None:  # hosts serve the model, but none with a context this long
-        call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
-        _check_context(longest, call.prompt_tokens, call.req, "The longest context a host serving this model "
-                                                              "takes now")
     if not candidates:
         call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
+        longest = call.gw.routing.longest_context(call.offer)
+        if longest is not None:  # hosts serve the model, but none with a context this long
+            _check_context(longest, call.prompt_tokens, call.req,
+                           "The longest context a host serving this model takes now")
         pricing.record_refusal(call.gw.cache, call.offer.id, call.reserved_tokens, call.gw.refusal_ttl)
         raise ApiError(503, f"No host is serving '{call.offer.hf_id}' right now. Try again shortly.",
                        code="no_host_available", headers={**call.headers(), "Retry-After": NO_HOST_RETRY_AFTER})

@@ -20,19 +20,27 @@ from sqlalchemy.engine import Engine
 
 from .. import schedule
 
-# A host's engine may run with a shorter context than the catalog's (vLLM's --max-model-len); its heartbeat says.
-ROUTES_SQL = text("""
-    SELECT hm.model_id, h.id, h.owner_id, h.api_base, h.schedule, h.timezone,
-           CASE WHEN jsonb_typeof(h.heartbeat -> 'max_model_len') = 'number'
-                THEN (h.heartbeat ->> 'max_model_len')::numeric::bigint END AS max_model_len
+# The hosts that may take requests for a model (``hm``) now, before their weekly schedules; the pricing job
+# counts supply over the same hosts.
+SERVING_HOSTS = """
     FROM host_models hm JOIN hosts h ON h.id = hm.host_id
     WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.available AND h.healthy
       AND h.api_base IS NOT NULL
+"""
+
+# A host's engine may run with a shorter context than the catalog's (vLLM's --max-model-len); its heartbeat says.
+ROUTES_SQL = text(f"""
+    SELECT hm.model_id, h.id, h.owner_id, h.api_base, h.schedule, h.timezone,
+           CASE WHEN jsonb_typeof(h.heartbeat -> 'max_model_len') = 'number'
+                 AND (h.heartbeat ->> 'max_model_len')::numeric >= 1
+                THEN (h.heartbeat ->> 'max_model_len')::numeric::bigint END AS max_model_len
+    {SERVING_HOSTS}
     ORDER BY h.id
 """)
 
 MODELS_SQL = text("""
-    SELECT id, hf_id, context_length, input_price, output_price, enabled, created_at FROM models
+    SELECT id, hf_id, context_length, input_price, output_price, reference_input_price, reference_output_price,
+           enabled, created_at FROM models
 """)
 
 
@@ -56,6 +64,8 @@ class Offer:
     context_length: int
     input_price: int
     output_price: int
+    reference_input_price: int  # the closed-model prices it undercuts
+    reference_output_price: int
     enabled: bool
     created: int
 
@@ -78,14 +88,15 @@ class RoutingTable:
                 return
             with self._engine.connect() as conn:
                 models = {row.hf_id: Offer(row.id, row.hf_id, row.context_length, row.input_price,
-                                           row.output_price, row.enabled, int(row.created_at.timestamp()))
+                                           row.output_price, row.reference_input_price, row.reference_output_price,
+                                           row.enabled, int(row.created_at.timestamp()))
                           for row in conn.execute(MODELS_SQL)}
                 routes: dict[int, list[Route]] = {}
                 now = datetime.now(timezone.utc)
                 for model_id, host_id, owner_id, api_base, windows, tz, max_len in conn.execute(ROUTES_SQL):
                     if schedule.serving(windows, tz, now):
                         routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/"),
-                                                                     max_len if max_len and max_len > 0 else None))
+                                                                     max_len))
             self._models, self._routes = models, routes
             self._loaded_at = time.monotonic()
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from flask import Blueprint, g, request
-from sqlalchemy import select
 
 from .. import api_keys
 from ..catalog import format_usd
 from ..extensions import db
-from ..models import CatalogModel
 from .errors import ApiError, openai_error
 from .gateway import complete, gateway
 
@@ -41,42 +39,29 @@ def authenticate_key():
     g.api_key = key
 
 
-def _references(offers) -> dict[int, tuple[int, int]]:
-    """The closed-model prices each offer undercuts (not on the request path: one query per listing)."""
-    ids = [offer.id for offer in offers]
-    if not ids:
-        return {}
-    rows = db.session.execute(select(CatalogModel.id, CatalogModel.reference_input_price,
-                                     CatalogModel.reference_output_price).where(CatalogModel.id.in_(ids))).all()
-    db.session.rollback()
-    return {row.id: (row.reference_input_price, row.reference_output_price) for row in rows}
-
-
-def _model_object(offer, reference: tuple[int, int] | None) -> dict:
+def _model_object(offer) -> dict:
     """OpenAI's model object, plus what a marketplace client chooses by: the context, the price now and the
     closed-model price it undercuts."""
-    pricing = {"currency": "USD", "input_per_million_tokens": format_usd(offer.input_price)[1:],
-               "output_per_million_tokens": format_usd(offer.output_price)[1:]}
-    if reference is not None:
-        pricing |= {"reference_input_per_million_tokens": format_usd(reference[0])[1:],
-                    "reference_output_per_million_tokens": format_usd(reference[1])[1:]}
+    prices = {"input": offer.input_price, "output": offer.output_price,
+              "reference_input": offer.reference_input_price, "reference_output": offer.reference_output_price}
     return {"id": offer.hf_id, "object": "model", "created": offer.created, "owned_by": OWNED_BY,
-            "context_length": offer.context_length, "pricing": pricing}
+            "context_length": offer.context_length,
+            "pricing": {"currency": "USD"} | {f"{name}_per_million_tokens": format_usd(micro)[1:]
+                                              for name, micro in prices.items()}}
 
 
 @bp.get("/models")
 def list_models():
     """Models that at least one healthy host serves and this key may use."""
     offers = [m for m in gateway().routing.served_models() if g.api_key.allows(m.hf_id)]
-    references = _references(offers)
-    return {"object": "list", "data": [_model_object(m, references.get(m.id)) for m in offers]}
+    return {"object": "list", "data": [_model_object(m) for m in offers]}
 
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str):
     for offer in gateway().routing.served_models():
         if offer.hf_id == model_id and g.api_key.allows(model_id):
-            return _model_object(offer, _references([offer]).get(offer.id))
+            return _model_object(offer)
     raise ApiError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
                    code="model_not_found", param="model")
 

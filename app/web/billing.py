@@ -74,27 +74,26 @@ def receipt(purchase_id: int):
     return render_template("billing/receipt.html", purchase=purchase)
 
 
+def _receive(handle, label: str, secret_keys: tuple[str, ...]):
+    """A verified Stripe event handed to ``handle``; 400 (nothing changed) when it is not provably Stripe's."""
+    try:
+        event = billing.verify(request.get_data(cache=False), request.headers.get("Stripe-Signature"),
+                               secret_keys=secret_keys)
+    except billing.WebhookRejected as exc:
+        return jsonify(error=str(exc)), 400
+    outcome = handle(event)
+    current_app.logger.info("%s %s (%s): %s", label, event["id"], event["type"], outcome)
+    return jsonify(received=True, outcome=outcome)
+
+
 @webhook_bp.post("/stripe/webhook")
 @csrf.exempt
 def stripe_webhook():
-    try:
-        event = billing.verify(request.get_data(cache=False), request.headers.get("Stripe-Signature"))
-    except billing.WebhookRejected as exc:
-        return jsonify(error=str(exc)), 400
-    outcome = billing.handle_event(event)
-    current_app.logger.info("stripe event %s (%s): %s", event["id"], event["type"], outcome)
-    return jsonify(received=True, outcome=outcome)
+    return _receive(billing.handle_event, "stripe event", billing.PLATFORM_SECRETS)
 
 
 @webhook_bp.post("/stripe/connect-webhook")
 @csrf.exempt
 def stripe_connect_webhook():
     """Events from host owners' connected accounts (Stripe sends them to a separate Connect endpoint)."""
-    try:
-        event = billing.verify(request.get_data(cache=False), request.headers.get("Stripe-Signature"),
-                               secret_keys=("STRIPE_CONNECT_WEBHOOK_SECRET",))
-    except billing.WebhookRejected as exc:
-        return jsonify(error=str(exc)), 400
-    outcome = payouts.handle_connect_event(event)
-    current_app.logger.info("stripe connect event %s (%s): %s", event["id"], event["type"], outcome)
-    return jsonify(received=True, outcome=outcome)
+    return _receive(payouts.handle_connect_event, "stripe connect event", billing.CONNECT_SECRETS)
