@@ -5,11 +5,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The model engine (vLLM, CPU build) lives in a virtualenv of its own: hosts are other machines.
 ENGINE_VENV ?= .venv-engine
+# What the router runs, and hostkit's own requirements: make run's demo host is a hostkit on this machine.
+RUN_REQUIREMENTS := requirements.txt hostkit/requirements.txt
 
-.PHONY: run test debs engine-venv clean
+.PHONY: run test run-debs debs engine-venv clean
 
-run: $(VENV)/.run-deps engine-venv
-	$(BIN)/flask --app wsgi serve
+run: $(VENV)/.run-deps run-debs engine-venv
+	$(BIN)/python -m app.dev.serve
 
 test: $(VENV)/.test-deps debs engine-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -20,16 +22,19 @@ engine-venv:
 $(VENV)/bin/python:
 	scripts/make-venv.sh $(PYTHON) $(VENV)
 
-$(VENV)/.run-deps: requirements.txt | $(VENV)/bin/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+$(VENV)/.run-deps: $(RUN_REQUIREMENTS) | $(VENV)/bin/python
+	$(BIN)/pip install --quiet --disable-pip-version-check $(addprefix -r ,$(RUN_REQUIREMENTS))
 	touch $@
 
-$(VENV)/.test-deps: requirements.txt requirements-dev.txt $(VENV)/.run-deps
+$(VENV)/.test-deps: requirements-dev.txt $(VENV)/.run-deps
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+run-debs:
+	scripts/install-debs.sh --optional debian-packages-run.txt
+
 debs:
-	scripts/install-debs.sh $(shell cat debian-packages.txt | grep -v '^#')
+	scripts/install-debs.sh debian-packages-run.txt debian-packages.txt
 
 clean:
 	rm -rf $(VENV) $(ENGINE_VENV) .pytest_cache

@@ -3,7 +3,10 @@
 A lookup is cached in Redis, shared by every router process. Revoking writes
 a tombstone over the cache entry after the commit, and lookups only ever fill
 an empty slot (SET NX), so a revoked key fails on the very next request in
-every process, even when a lookup raced the revocation.
+every process, even when a lookup raced the revocation. The cache is a help,
+not the authority: without Redis, keys are looked up in PostgreSQL, and
+``gs_hold`` itself refuses a revoked key, so a key revoked while Redis was
+away (its tombstone never written) still stops spending at once.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from sqlalchemy import select
 from . import audit, tokens
 from .extensions import db, redis_client
 from .models import ApiKey, CatalogModel, User, utcnow
+from .shared import quietly
 
 MAX_NAME_LENGTH = 80
 MAX_KEYS_PER_USER = 100
@@ -112,7 +116,8 @@ def revoke_key(user: User, key: ApiKey) -> ApiKey:
         key.revoked_at = utcnow()
         audit.record(user, "api_key.revoke", "api_key", key.id, prefix=key.prefix)
         db.session.commit()
-    redis_client.set(_cache_key(key.key_hash), REVOKED, ex=current_app.config["API_KEY_CACHE_SECONDS"])
+    quietly(lambda: redis_client.set(_cache_key(key.key_hash), REVOKED,
+                                     ex=current_app.config["API_KEY_CACHE_SECONDS"]), None, "the key cache")
     return key
 
 
@@ -122,7 +127,7 @@ def authenticate(secret: str) -> KeyInfo | None:
         return None
     key_hash = tokens.hash_secret(secret)
     cache_key = _cache_key(key_hash)
-    cached = redis_client.get(cache_key)
+    cached = quietly(lambda: redis_client.get(cache_key), None, "the key cache")
     if cached is not None:
         return _decode(cached)
     key = db.session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
@@ -135,8 +140,10 @@ def authenticate(secret: str) -> KeyInfo | None:
                             "requests_per_minute": key.requests_per_minute or key.user.requests_per_minute,
                             "tokens_per_minute": key.tokens_per_minute or key.user.tokens_per_minute})
     # NX: never overwrite a tombstone a revocation wrote after our read.
-    redis_client.set(cache_key, value, ex=current_app.config["API_KEY_CACHE_SECONDS"], nx=True)
-    return _decode(redis_client.get(cache_key) or value)
+    ttl = current_app.config["API_KEY_CACHE_SECONDS"]
+    stored = quietly(lambda: redis_client.set(cache_key, value, ex=ttl, nx=True) or redis_client.get(cache_key),
+                     None, "the key cache")
+    return _decode(value if stored in (None, True) else stored)
 
 
 def _decode(raw: bytes | str) -> KeyInfo | None:

@@ -1,4 +1,7 @@
-"""``flask`` commands: admin accounts, seeding, and ``serve`` (the whole platform on one machine)."""
+"""``flask`` commands: admin accounts, seeding, credits, the RQ worker and scheduler, and the overlay hub.
+
+(The whole platform on one machine is ``python -m app.dev.serve``, what ``make run`` runs.)
+"""
 from __future__ import annotations
 
 import click
@@ -102,8 +105,7 @@ def grant_command(email: str, dollars: str, memo: str) -> None:
 
 def register_cli(app: Flask) -> None:
     from .overlay_hub import overlay_hub_command
-    from .platform import serve_command
 
-    for command in (admin_cli, seed_command, serve_command, worker_command, scheduler_command, grant_command,
+    for command in (admin_cli, seed_command, worker_command, scheduler_command, grant_command,
                     overlay_hub_command):
         app.cli.add_command(command)

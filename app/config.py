@@ -7,6 +7,7 @@ real database and Redis URLs.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -16,6 +17,8 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 ENVIRONMENTS = {"development", "production", "test"}
 MIN_SECRET_LENGTH = 32
+WIREGUARD_OVERLAY_NETWORK = "10.77.0.0/16"
+LOOPBACK_OVERLAY_NETWORK = "127.77.0.0/16"
 
 
 class ConfigError(Exception):
@@ -78,6 +81,24 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _overlay(env: Mapping[str, str]) -> tuple[str, str]:
+    """The overlay's mode and network. Loopback mode (a one-machine demo) keeps every host address on this
+    machine: a network outside 127.0.0.0/8 would send the router's traffic for hosts out of the machine."""
+    mode = _choice(env, "OVERLAY_MODE", "wireguard", ("wireguard", "loopback"))
+    default = LOOPBACK_OVERLAY_NETWORK if mode == "loopback" else WIREGUARD_OVERLAY_NETWORK
+    value = env_str(env, "OVERLAY_NETWORK", default)
+    try:
+        network = ipaddress.ip_network(value)
+    except ValueError:
+        raise ConfigError(f"OVERLAY_NETWORK must be a network such as {default}, not {value[:60]!r}") from None
+    if network.num_addresses < 4:
+        raise ConfigError(f"OVERLAY_NETWORK {network} is too small: it needs room for the hub and hosts")
+    if mode == "loopback" and not network.is_loopback:
+        raise ConfigError(f"OVERLAY_MODE=loopback needs a loopback OVERLAY_NETWORK such as {LOOPBACK_OVERLAY_NETWORK}, "
+                          f"not {network}: hosts' addresses must stay on this machine")
+    return mode, str(network)
+
+
 def normalise_database_url(url: str) -> str:
     """SQLAlchemy needs the driver named; operators write plain ``postgresql://``."""
     for prefix in ("postgres://", "postgresql://"):
@@ -123,6 +144,13 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
             raise ConfigError("REDIS_URL must point at a real Redis server in production")
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+    overlay_mode, overlay_network = _overlay(env)
+    connect_timeout = env_int(env, "UPSTREAM_CONNECT_TIMEOUT", 3, minimum=1, maximum=60)
+    first_token_timeout = env_int(env, "UPSTREAM_FIRST_TOKEN_TIMEOUT", 120, minimum=1, maximum=3600)
+    request_timeout = env_int(env, "REQUEST_TIMEOUT_SECONDS", 600, minimum=30, maximum=86_400)
+    if request_timeout < connect_timeout + first_token_timeout:
+        raise ConfigError(f"REQUEST_TIMEOUT_SECONDS ({request_timeout}) must be at least UPSTREAM_CONNECT_TIMEOUT + "
+                          f"UPSTREAM_FIRST_TOKEN_TIMEOUT ({connect_timeout + first_token_timeout})")
 
     return {
         "GPUSHARE_ENV": environment,
@@ -136,6 +164,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
             "pool_size": env_int(env, "DATABASE_POOL_SIZE", 5, minimum=1, maximum=100),
         },
         "REDIS_URL": redis_url,
+        # Connections per process, and how long a request waits for one when all are busy.
+        "REDIS_MAX_CONNECTIONS": env_int(env, "REDIS_MAX_CONNECTIONS", 64, minimum=2, maximum=10_000),
+        "REDIS_POOL_TIMEOUT": env_int(env, "REDIS_POOL_TIMEOUT", 5, minimum=1, maximum=60),
         "SESSION_COOKIE_SECURE": env_bool(env, "SESSION_COOKIE_SECURE", production),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -154,10 +185,17 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "ROUTING_STRATEGY": _choice(env, "ROUTING_STRATEGY", "round_robin", ("round_robin", "least_outstanding")),
         "ROUTING_MAX_ATTEMPTS": env_int(env, "ROUTING_MAX_ATTEMPTS", 3, minimum=1, maximum=10),
         "ROUTING_REFRESH_SECONDS": env_int(env, "ROUTING_REFRESH_SECONDS", 2, minimum=1, maximum=300),
-        "UPSTREAM_CONNECT_TIMEOUT": env_int(env, "UPSTREAM_CONNECT_TIMEOUT", 3, minimum=1, maximum=60),
-        "UPSTREAM_FIRST_TOKEN_TIMEOUT": env_int(env, "UPSTREAM_FIRST_TOKEN_TIMEOUT", 120, minimum=1, maximum=3600),
+        "UPSTREAM_CONNECT_TIMEOUT": connect_timeout,
+        "UPSTREAM_FIRST_TOKEN_TIMEOUT": first_token_timeout,
         "UPSTREAM_CHUNK_TIMEOUT": env_int(env, "UPSTREAM_CHUNK_TIMEOUT", 30, minimum=1, maximum=600),
-        "HOLD_TTL_SECONDS": env_int(env, "HOLD_TTL_SECONDS", 3600, minimum=60),
+        # The longest a request may run, end to end; a stream still going then is ended (what was delivered is
+        # charged). A request's hold lasts its deadline and a minute more, so a hold nobody settles goes soon.
+        "REQUEST_TIMEOUT_SECONDS": request_timeout,
+        # The request journal (app/proxy/journal.py): local to each machine, never shared between machines.
+        "USAGE_SPOOL_DIR": str(Path(env_str(env, "USAGE_SPOOL_DIR", str(data_dir / "spool"))).resolve()),
+        # The request path's own database connections per process; a request waits this long for a free one.
+        "DATABASE_REQUEST_POOL_SIZE": env_int(env, "DATABASE_REQUEST_POOL_SIZE", 10, minimum=1, maximum=200),
+        "DATABASE_POOL_TIMEOUT": env_int(env, "DATABASE_POOL_TIMEOUT", 10, minimum=1, maximum=120),
         "MAX_MESSAGES": env_int(env, "MAX_MESSAGES", 1024, minimum=1),
         "MAX_CHOICES": env_int(env, "MAX_CHOICES", 8, minimum=1, maximum=128),
         "TOKENIZERS_DIR": str(Path(env_str(env, "GPUSHARE_TOKENIZERS_DIR", str(data_dir / "tokenizers"))).resolve()),
@@ -170,10 +208,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "PRICING_STEP_BPS": env_int(env, "PRICING_STEP_BPS", 500, minimum=0, maximum=5000),
         "PRICING_HOST_TOKENS_PER_SECOND": env_int(env, "PRICING_HOST_TOKENS_PER_SECOND", 20, minimum=1),
         # Hosts and the overlay (see app/hosts.py, overlay/).
-        "OVERLAY_NETWORK": env_str(env, "OVERLAY_NETWORK", "10.77.0.0/16"),
+        "OVERLAY_NETWORK": overlay_network,
         # wireguard: the router is a WireGuard hub (``flask overlay-hub``, as root). loopback: for a demo on one
         # machine that cannot make interfaces; hosts get 127.x addresses and no tunnel.
-        "OVERLAY_MODE": _choice(env, "OVERLAY_MODE", "wireguard", ("wireguard", "loopback")),
+        "OVERLAY_MODE": overlay_mode,
         "OVERLAY_INTERFACE": env_str(env, "OVERLAY_INTERFACE", "gpushare-hub"),
         "OVERLAY_LISTEN_PORT": env_int(env, "OVERLAY_LISTEN_PORT", 51820, minimum=1, maximum=65535),
         # Where hosts reach the hub (host:port); defaults to the public URL's host name and the listening port.

@@ -1,12 +1,14 @@
 """The demo accounts ``make run`` creates, and the ``demo.env`` file that hands them over."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
+from flask import current_app
 from sqlalchemy import select
 
 from . import accounts, api_keys, hosts, ledger, payouts
@@ -112,8 +114,16 @@ def enroll_demo_host(state_dir: Path, register) -> Host:
 
 def approve_demo_host(host: Host, model_id: str, model_dir: Path, tokenizers_dir: Path) -> Host:
     """Approve the demo host as the seeded admin, offer ``model_id`` on it, and let the router count tokens
-    with the model's own tokenizer files."""
+    with the model's own tokenizer files. A host approved by an earlier run on another overlay network (the
+    run's slot changed) gets an address in this one."""
     admin = accounts.find_user(DEMO_ADMIN_EMAIL)
+    network = ipaddress.ip_network(current_app.config["OVERLAY_NETWORK"])
+    if host.overlay_address is not None and ipaddress.ip_address(str(host.overlay_address)) not in network:
+        host.overlay_address = None
+        host.api_base = None
+        if host.status == "approved":
+            host.status = "pending"
+        db.session.commit()
     if host.status == "pending":
         host = hosts.change_status(admin, host.id, "approve")
     owner = host.owner

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import redis
 from flask import Flask, current_app
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -10,6 +12,9 @@ from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
+
+REDIS_SOCKET_TIMEOUT = 2.0
+REDIS_CONNECT_TIMEOUT = 1.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -25,10 +30,20 @@ class Base(DeclarativeBase):
 
 
 class FlaskRedis:
-    """One Redis client per app; redis-py connects lazily, on first command."""
+    """One Redis client per app; redis-py connects lazily, on first command.
+
+    Its pool is bounded and blocking: a burst of requests waits its turn for a connection (up to
+    ``REDIS_POOL_TIMEOUT``) instead of failing. Short socket timeouts and one quick retry keep a request
+    from hanging on a Redis that is stopped; the request path goes on without Redis (``app/shared.py``).
+    """
 
     def init_app(self, app: Flask) -> None:
-        app.extensions["redis"] = redis.Redis.from_url(app.config["REDIS_URL"], health_check_interval=30)
+        config = app.config
+        pool = redis.BlockingConnectionPool.from_url(
+            config["REDIS_URL"], max_connections=config["REDIS_MAX_CONNECTIONS"], timeout=config["REDIS_POOL_TIMEOUT"],
+            socket_timeout=REDIS_SOCKET_TIMEOUT, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+            health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1))
+        app.extensions["redis"] = redis.Redis(connection_pool=pool)
 
     @property
     def client(self) -> redis.Redis:

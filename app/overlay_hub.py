@@ -9,6 +9,8 @@ approved hosts: at start, whenever a host is approved, suspended or rejected
 from __future__ import annotations
 
 import ipaddress
+import signal
+import sys
 import time
 from functools import cache
 from pathlib import Path
@@ -17,7 +19,9 @@ from urllib.parse import urlsplit
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+from redis.exceptions import RedisError
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from hostkit import wireguard
 from overlay import hub
@@ -89,18 +93,51 @@ def overlay_hub_command(once: bool) -> None:
         how = the_hub.up()
     except wireguard.WireGuardError as error:
         raise click.ClickException(f"cannot bring the hub up: {error}") from None
-    subscription = redis_client.pubsub(ignore_subscribe_messages=True)
-    subscription.subscribe(hub.CHANNEL)
     click.echo(f"Overlay hub {config['OVERLAY_INTERFACE']} ({how}) at {the_hub.address}, "
                f"listening on UDP {config['OVERLAY_LISTEN_PORT']}", err=True)
-    period = config["OVERLAY_RECONCILE_SECONDS"]
+    if once:
+        reconcile(the_hub)
+        return
+    # Stopped, it takes its interface down: a userspace one (wireguard-go) would outlive it otherwise.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        _serve(the_hub, config["OVERLAY_RECONCILE_SECONDS"])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        the_hub.down()
+        click.echo(f"Overlay hub {config['OVERLAY_INTERFACE']} removed", err=True)
+
+
+def _serve(the_hub: hub.Hub, period: int) -> None:
+    subscription = None
     while True:
-        changes = reconcile(the_hub)
+        try:
+            changes = reconcile(the_hub)
+        except SQLAlchemyError as error:  # the database is away: keep the peers we have, try again shortly
+            db.session.rollback()
+            click.echo(f"Overlay: cannot read the approved hosts ({type(error).__name__}); retrying", err=True)
+            time.sleep(min(period, 5))
+            continue
         if changes.added or changes.removed:
             click.echo(f"Overlay peers: {len(changes.added)} added, {len(changes.removed)} removed", err=True)
-        if once:
-            return
-        deadline = time.monotonic() + period
+        subscription = _wait_for_change(subscription, period)
+
+
+def _wait_for_change(subscription, period: float):
+    """Until a host's approval changes (a Redis message) or ``period`` passes; without Redis, the period alone.
+    Returns the subscription to wait on next time (None after Redis failed)."""
+    deadline = time.monotonic() + period
+    try:
+        if subscription is None:
+            subscription = redis_client.pubsub(ignore_subscribe_messages=True)
+            subscription.subscribe(hub.CHANNEL)
         while (left := deadline - time.monotonic()) > 0:
             if subscription.get_message(timeout=left) is not None:
                 break
+        return subscription
+    except RedisError:
+        if subscription is not None:
+            subscription.close()
+        time.sleep(max(deadline - time.monotonic(), 0))
+        return None

@@ -273,7 +273,21 @@ class Agent:
                         "approved": "approved"}
             log(messages.get(status, status))
 
+    def leave_overlay(self) -> None:
+        """Take the tunnel and its firewall down (at stop: a userspace tunnel would outlive the agent)."""
+        if self.overlay is None or self.overlay.get("mode") == "loopback":
+            return
+        wireguard.remove_rules(FIREWALL_TABLE)
+        wireguard.Interface(self.interface_name).delete()
+        self.overlay = None
+
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.leave_overlay()
+
+    def _run(self) -> int:
         host = self.router.me()
         while not self.stopping.is_set():
             self.announce(host)

@@ -14,6 +14,8 @@ from flask import current_app
 from rq import Queue
 
 DEFAULT_QUEUE = "default"
+# A request whose router process died is settled within this (and the router processes drain sooner).
+HOLDS_SWEEP_SECONDS = 15
 QUEUES = (DEFAULT_QUEUE,)
 
 
@@ -39,7 +41,7 @@ def periodic() -> list[Periodic]:
     config = current_app.config
     return [
         Periodic(health.check_hosts, config["HEALTH_CHECK_SECONDS"], timeout_seconds=120),
-        Periodic(holds.void_expired, 60, timeout_seconds=60),
+        Periodic(holds.void_expired, HOLDS_SWEEP_SECONDS, timeout_seconds=60),
         Periodic(pricing.update_prices, config["PRICING_INTERVAL_SECONDS"], timeout_seconds=60),
         Periodic(payouts.pay_hosts, config["PAYOUT_INTERVAL_SECONDS"], timeout_seconds=600),
     ]

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from hostkit import wireguard
 
 CHANNEL = "gpushare:overlay"  # Redis pub/sub: "the approved hosts changed, reconcile now"
-FIREWALL_TABLE = "gpushare_hub"
+
+
+def firewall_table(interface: str) -> str:
+    """The hub's nftables table, named after its interface so that two hubs on one machine keep apart
+    (``gpushare-hub`` has ``gpushare_hub``)."""
+    return re.sub(r"\W", "_", interface)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,12 @@ def load_private_key(path: Path) -> str:
     return key
 
 
+def remove(interface: str) -> None:
+    """The hub's firewall and interface, gone; nothing happens for what is not there."""
+    wireguard.remove_rules(firewall_table(interface))
+    wireguard.Interface(interface).delete()
+
+
 def host_route(address: str) -> str:
     return str(ipaddress.ip_network(address))  # a /32 (or /128)
 
@@ -65,12 +77,12 @@ class Hub:
         how = self.interface.create()
         self.interface.configure(self.private_key, f"{self.address}/{self.network.prefixlen}",
                                  listen_port=self.listen_port)
-        wireguard.apply_rules(wireguard.hub_rules(self.interface.name, FIREWALL_TABLE), FIREWALL_TABLE)
+        table = firewall_table(self.interface.name)
+        wireguard.apply_rules(wireguard.hub_rules(self.interface.name, table), table)
         return how
 
     def down(self) -> None:
-        wireguard.remove_rules(FIREWALL_TABLE)
-        self.interface.delete()
+        remove(self.interface.name)
 
     def reconcile(self, wanted: list[Wanted]) -> Changes:
         current = self.interface.peers()

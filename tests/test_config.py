@@ -104,3 +104,35 @@ def test_it_refuses_to_start_in_production_without_a_secret_in_one_line(tmp_path
     assert reason == ["gpushare: refusing to start: SECRET_KEY (or SECRET_KEY_FILE) must be set in production"]
     if command[1] == "-c":
         assert result.stderr.strip() == reason[0]  # nothing but the reason: no traceback
+
+
+def test_loopback_mode_uses_a_loopback_network_by_default(tmp_path):
+    config = load_config({"GPUSHARE_DATA_DIR": str(tmp_path), "OVERLAY_MODE": "loopback"})
+    assert config["OVERLAY_NETWORK"] == "127.77.0.0/16"
+    assert load_config({"GPUSHARE_DATA_DIR": str(tmp_path)})["OVERLAY_NETWORK"] == "10.77.0.0/16"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"OVERLAY_MODE": "loopback", "OVERLAY_NETWORK": "10.77.0.0/16"},
+     "OVERLAY_MODE=loopback needs a loopback OVERLAY_NETWORK such as 127.77.0.0/16, not 10.77.0.0/16"),
+    ({"OVERLAY_NETWORK": "10.77.0.1/16"}, "OVERLAY_NETWORK must be a network such as 10.77.0.0/16"),
+    ({"OVERLAY_NETWORK": "not a network"}, "OVERLAY_NETWORK must be a network"),
+    ({"OVERLAY_NETWORK": "10.77.0.0/31"}, "OVERLAY_NETWORK 10.77.0.0/31 is too small"),
+    ({"REQUEST_TIMEOUT_SECONDS": "60", "UPSTREAM_FIRST_TOKEN_TIMEOUT": "120"},
+     r"REQUEST_TIMEOUT_SECONDS \(60\) must be at least UPSTREAM_CONNECT_TIMEOUT \+ UPSTREAM_FIRST_TOKEN_TIMEOUT"),
+])
+def test_it_refuses_an_overlay_or_timeouts_that_do_not_fit(tmp_path, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({"GPUSHARE_DATA_DIR": str(tmp_path), **env})
+
+
+def test_make_runs_platform_refuses_a_non_loopback_network_in_loopback_mode_in_one_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "GPUSHARE_DATA_DIR": str(tmp_path), "OVERLAY_MODE": "loopback",
+           "OVERLAY_NETWORK": "10.77.0.0/16"}
+    result = subprocess.run([sys.executable, "-m", "app.dev.serve"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: refusing to start: OVERLAY_MODE=loopback needs a loopback OVERLAY_NETWORK such as 127.77.0.0/16, "
+        "not 10.77.0.0/16: hosts' addresses must stay on this machine")
+    assert "Traceback" not in result.stderr

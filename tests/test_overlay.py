@@ -141,10 +141,11 @@ def world(servers, tmp_path_factory, request):
     env = dict(os.environ, DATABASE_URL=servers["database"], REDIS_URL=servers["redis"],
                GPUSHARE_DATA_DIR=str(router_data), GPUSHARE_PUBLIC_URL=world.url,
                OVERLAY_NETWORK=lan.overlay, OVERLAY_INTERFACE=lan.interface("hub"),
-               OVERLAY_ENDPOINT=f"{lan.router.address}:51820", OVERLAY_RECONCILE_SECONDS="2",
+               OVERLAY_ENDPOINT=f"{lan.router.address}:51820", OVERLAY_LISTEN_PORT="51820",
+               OVERLAY_RECONCILE_SECONDS="2",
                HEALTH_CHECK_SECONDS="1", ROUTING_REFRESH_SECONDS="1", GPUSHARE_DEMO_MODEL="none")
     try:
-        lan.router.spawn(sys.executable, "-m", "flask", "--app", "wsgi", "serve", "--host", "0.0.0.0",
+        lan.router.spawn(sys.executable, "-m", "app.dev.serve", "--host", "0.0.0.0",
                          "--port", str(ROUTER_PORT), log=tmp / "router.log", env=env, cwd=str(ROOT))
         wait_until(lambda: _answers(f"{world.url}/healthz"), 90, "the router answers")
         yield world

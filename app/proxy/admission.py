@@ -33,6 +33,16 @@ MAX_PROMPTS = 64
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
 
 
+SHOWN_CHARACTERS = 80
+
+
+def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """A client's (or host's) text as an error message may repeat it: printable, and at most ``limit``
+    characters; never a whole huge input."""
+    cleaned = "".join(c if c.isprintable() else "\ufffd" for c in text[:limit])
+    return cleaned + ("…" if len(text) > limit else "")
+
+
 @dataclass
 class CompletionRequest:
     endpoint: str  # "chat" or "completions"

@@ -1,46 +1,67 @@
 """The request path: admit, hold, route, forward, meter, settle.
 
 One ``Gateway`` per app holds what every request shares: the routing table,
-the upstream connection pool, the tokenizers and the rate limiter. A request
-makes one Redis call for its key (cached), one for its rate limits, one
-PostgreSQL call to hold its worst-case cost and one to record and settle its
-usage; the ORM is not used here.
+the upstream connection pool, the tokenizers, the rate limiter and the
+request journal. A request makes one Redis call for its key (cached), one for
+its rate limits, one PostgreSQL call to hold its worst-case cost and one to
+record and settle its usage; the ORM is not used here.
+
+Faults, and what the client sees:
+
+- **PostgreSQL away.** Admission answers 503 (OpenAI's error, with
+  Retry-After). A request already admitted finishes normally: its settlement
+  is spooled to the journal and made when the database is back.
+- **Redis away.** The request goes on without it (``app/shared.py``).
+- **The host fails.** Before the first byte, another host is tried; after
+  it, the stream ends with an error event and what was delivered is charged.
+- **This process dies.** The journal lets another process settle what the
+  client was sent (``journal.py``).
+
+Every failure reaches the client as OpenAI's error object: an HTTP error
+before the stream starts, an SSE ``error`` event after.
 """
 from __future__ import annotations
 
-import orjson
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 
+import orjson
 import psycopg
 from flask import Flask, Response, current_app, g, request, stream_with_context
 from sqlalchemy import create_engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import pricing
 from ..api_keys import KeyInfo
 from ..extensions import db
+from ..shared import quietly
 from . import admission, normalise
 from .errors import ApiError
+from .journal import Entry, Journal
 from .metering import Meter
 from .ratelimit import Decision, RateLimiter
-from .routing import Offer, Route, RoutingTable
+from .routing import Offer, Route, RoutingTable, RoutingUnavailable
+from .settlement import FINISH_SQL, HOLD_SQL, RELEASE_SQL, cost_of, settlement
 from .upstream import HostRefused, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 NO_HOST_RETRY_AFTER = "10"
-
-HOLD_SQL = "SELECT granted, amount, refusal FROM gs_hold(%s, %s, %s, %s, %s, %s, %s, %s)"
-FINISH_SQL = ("SELECT gs_finish(%s, %s, %s, %s, %s::smallint, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-              " %s)")
+UNAVAILABLE_RETRY_AFTER = "5"
+HOLD_GRACE_SECONDS = 60  # a hold outlives its request's deadline by this much
 
 
-def cost_of(prompt_tokens: int, completion_tokens: int, input_price: int, output_price: int) -> int:
-    """Micro-units for a request at prices per million tokens, rounded up."""
-    return -(-(prompt_tokens * input_price + completion_tokens * output_price) // 1_000_000)
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be reached (down, restarting, or every connection busy for too long)."""
+
+
+def unavailable(what: str = "The service") -> ApiError:
+    return ApiError(503, f"{what} is briefly unavailable. Try again in a few seconds.", code="service_unavailable",
+                    headers={"Retry-After": UNAVAILABLE_RETRY_AFTER})
 
 
 class Gateway:
@@ -53,41 +74,61 @@ class Gateway:
         self.meter = Meter(config["TOKENIZERS_DIR"])
         self.limiter = RateLimiter(app.extensions["redis"])
         self.cache = app.extensions["redis"]
+        self.journal = Journal(config["USAGE_SPOOL_DIR"])
         # Refusal counters outlive two pricing windows, so the pricing job always finds the minutes it reads.
         self.refusal_ttl = 2 * config["PRICING_INTERVAL_SECONDS"] + 120
         self.fee_bps = config["PLATFORM_FEE_BPS"]
-        self.hold_ttl = config["HOLD_TTL_SECONDS"]
+        self.request_timeout = config["REQUEST_TIMEOUT_SECONDS"]
         self.max_attempts = config["ROUTING_MAX_ATTEMPTS"]
         self.default_rpm = config["RATE_LIMIT_REQUESTS_PER_MINUTE"]
         self.default_tpm = config["RATE_LIMIT_TOKENS_PER_MINUTE"]
         self.max_messages = config["MAX_MESSAGES"]
         self.max_choices = config["MAX_CHOICES"]
-        # The request path's own connections, in autocommit and never reset on return: one round trip
-        # per statement.
+        # The request path's own connections, in autocommit and never reset on return: one round trip per
+        # statement. A fixed number per process: a burst waits its turn (gevent-friendly) instead of opening
+        # more connections than PostgreSQL allows.
         self.pool = create_engine(db.engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
-                                  pool_size=config["SQLALCHEMY_ENGINE_OPTIONS"].get("pool_size", 5),
-                                  max_overflow=20, pool_recycle=300)
+                                  pool_size=config["DATABASE_REQUEST_POOL_SIZE"], max_overflow=0,
+                                  pool_timeout=config["DATABASE_POOL_TIMEOUT"], pool_recycle=300)
+        self.journal.start_draining(self.drain)
 
     def close(self) -> None:
         """Give back every connection (at shutdown)."""
         self.pool.dispose()
         self.upstream.pool.clear()
 
-    def sql(self, statement: str, params: tuple):
+    def sql(self, statement: str, params: dict):
         """One statement, its own transaction, one round trip: the pool's connections are in autocommit.
-        Retried once on a connection that died (each statement is idempotent by request id)."""
+        Retried once on a connection that died (each statement is idempotent by request id). Raises
+        DatabaseUnavailable when PostgreSQL cannot be reached."""
         for attempt in (1, 2):
-            conn = self.pool.raw_connection()
+            try:
+                conn = self.pool.raw_connection()
+            except (SQLAlchemyError, psycopg.OperationalError) as error:
+                raise DatabaseUnavailable(str(error)) from None
             try:
                 cursor = conn.cursor()
                 cursor.execute(statement, params)
                 return cursor.fetchone()
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as error:
                 conn.invalidate()
                 if attempt == 2:
-                    raise
+                    raise DatabaseUnavailable(str(error)) from None
             finally:
                 conn.close()
+
+    def drain(self) -> int:
+        """Settle what the journal holds that can be settled now; 0 while the database is away."""
+        try:
+            return self.journal.drain(settle=lambda params: self.sql(FINISH_SQL, params),
+                                      release=lambda request_id: self.sql(RELEASE_SQL, {"request_id": request_id}),
+                                      count=self.count_texts)
+        except DatabaseUnavailable:
+            return 0
+
+    def count_texts(self, model_id: str, texts: list[str]) -> int:
+        tokenizer = self.meter.for_model(model_id)
+        return sum(tokenizer.count_text(text) for text in texts)
 
 
 def gateway() -> Gateway:
@@ -113,36 +154,63 @@ class Call:
     created: int = field(default_factory=lambda: int(time.time()))
     granted: int = 0
     held: int = 0
+    charged: int = 0
     route: Route | None = None
     first_token_at: float | None = None
     host_usage: dict | None = None
     settled: bool = False
+    entry: Entry | None = None
 
     @property
     def response_id(self) -> str:
         return ("chatcmpl-" if self.req.endpoint == "chat" else "cmpl-") + self.request_id
 
+    @property
+    def deadline(self) -> float:
+        """When this request must be over (monotonic clock)."""
+        return self.started + self.gw.request_timeout
+
     def headers(self) -> dict[str, str]:
         return {**self.limits.headers(), "x-request-id": self.request_id}
 
+    @cached_property
+    def record(self) -> dict:
+        """What the journal keeps of the request, and what its settlement is made from."""
+        return {"request_id": self.request_id, "endpoint": self.req.endpoint, "stream": self.req.stream,
+                "prompt_tokens": self.prompt_tokens, "user_id": self.key.user_id, "key_id": self.key.id,
+                "model_id": self.offer.id, "model_hf_id": self.offer.hf_id, "input_price": self.offer.input_price,
+                "output_price": self.offer.output_price, "fee_bps": self.gw.fee_bps, "started_at": time.time(),
+                "deadline": time.time() + self.gw.request_timeout}
+
     def hold(self) -> None:
-        tokens_cap = self.offer.context_length - self.prompt_tokens
-        prompt_cost = cost_of(self.prompt_tokens, 0, self.offer.input_price, 0)
-        granted, amount, refusal = self.gw.sql(HOLD_SQL, (
-            self.request_id, self.key.user_id, self.key.id, prompt_cost, self.offer.output_price * self.req.n,
-            self.req.max_tokens, tokens_cap, self.gw.hold_ttl))
+        """Reserve the worst-case cost. The journal entry comes first: a process that dies from here on leaves
+        a record another one settles."""
+        try:
+            self.entry = self.gw.journal.open(self.request_id, self.record)
+        except OSError:
+            log.exception("the request journal cannot be written; refusing requests that hold money")
+            self._refused()
+            raise unavailable() from None
+        try:
+            granted, amount, refusal = self.gw.sql(HOLD_SQL, {
+                "request_id": self.request_id, "user_id": self.key.user_id, "key_id": self.key.id,
+                "prompt_cost": cost_of(self.prompt_tokens, 0, self.offer.input_price, 0),
+                "output_price": self.offer.output_price * self.req.n, "max_tokens": self.req.max_tokens,
+                "cap": self.offer.context_length - self.prompt_tokens,
+                "ttl_seconds": self.gw.request_timeout + HOLD_GRACE_SECONDS})
+        except DatabaseUnavailable:
+            self.entry.release()  # the hold may have been made before the connection broke
+            self._refused()
+            raise unavailable() from None
         if refusal:
-            self.gw.limiter.correct_tokens(self.limits, -self.reserved_tokens)
-            headers = {**self.headers(), "x-should-retry": "false"}
-            if refusal == "spend_limit":
-                raise ApiError(402, "This API key has reached its spend limit. Raise it or use another key.",
-                               code="spend_limit_reached", headers=headers)
-            if refusal == "receivable":
-                raise ApiError(402, "This account owes money after a refund or dispute. Settle it on the billing "
-                                    "page to send requests again.", code="payment_owed", headers=headers)
-            raise ApiError(402, "Your credit balance is too low for this request. Add credits on the billing page.",
-                           code="insufficient_credits", headers=headers)
+            self.entry.remove()
+            self._refused()
+            raise _refusal(refusal, {**self.headers(), "x-should-retry": "false"})
         self.granted, self.held = granted, amount
+
+    def _refused(self) -> None:
+        self.settled = True
+        self.gw.limiter.correct_tokens(self.limits, -self.reserved_tokens)
 
     @property
     def reserved_tokens(self) -> int:
@@ -157,28 +225,40 @@ class Call:
         return orjson.dumps(body)
 
     def finish(self, status: str, http_status: int, completion_tokens: int) -> int:
-        """Record usage and settle, exactly once per request. Returns the cost charged."""
+        """Record usage and settle, exactly once per request; spooled when the database is away. Returns the
+        cost charged."""
         if self.settled:
-            return 0
+            return self.charged
         self.settled = True
-        if status != "ok" and not completion_tokens:
-            cost = 0  # nothing delivered, nothing owed
-        else:
-            cost = cost_of(self.prompt_tokens, completion_tokens, self.offer.input_price, self.offer.output_price)
-        claim = self.host_usage or {}
-        latency = int((time.monotonic() - self.started) * 1000)
         ttft = int((self.first_token_at - self.started) * 1000) if self.first_token_at else None
-        charged = self.gw.sql(FINISH_SQL, (
-            self.request_id, self.req.endpoint, status, self.req.stream, http_status, self.prompt_tokens,
-            completion_tokens, _int(claim.get("prompt_tokens")), _int(claim.get("completion_tokens")), cost,
-            self.gw.fee_bps, latency, ttft, self.route.host_id if self.route else None, self.key.user_id,
-            self.key.id, self.offer.id, self.offer.input_price, self.offer.output_price))[0]
+        params = settlement(self.record, status=status, http_status=http_status,
+                            completion_tokens=completion_tokens, host_id=self.route.host_id if self.route else None,
+                            latency_ms=int((time.monotonic() - self.started) * 1000), ttft_ms=ttft,
+                            host_usage=self.host_usage)
+        try:
+            self.charged = self.gw.sql(FINISH_SQL, params)[0]
+        except DatabaseUnavailable:
+            self.entry.spool(params)
+            self.charged = min(params["cost"], self.held)
+            log.warning("the database is away: request %s's usage is spooled until it is back", self.request_id)
+        else:
+            self.entry.remove()
         self.gw.limiter.correct_tokens(self.limits, self.prompt_tokens + completion_tokens - self.reserved_tokens)
-        return charged
+        return self.charged
 
 
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+def _refusal(refusal: str, headers: dict) -> ApiError:
+    if refusal == "revoked":
+        return ApiError(401, "Incorrect API key provided. Create or check your keys on the API keys page.",
+                        code="invalid_api_key", headers=headers)
+    if refusal == "spend_limit":
+        return ApiError(402, "This API key has reached its spend limit. Raise it or use another key.",
+                        code="spend_limit_reached", headers=headers)
+    if refusal == "receivable":
+        return ApiError(402, "This account owes money after a refund or dispute. Settle it on the billing page to "
+                             "send requests again.", code="payment_owed", headers=headers)
+    return ApiError(402, "Your credit balance is too low for this request. Add credits on the billing page.",
+                    code="insufficient_credits", headers=headers)
 
 
 def _check_context(limit: int, prompt_tokens: int, req: admission.CompletionRequest, what: str) -> None:
@@ -198,8 +278,8 @@ def admit(endpoint: str) -> Call:
                           max_choices=gw.max_choices)
     offer = gw.routing.model(req.model)
     if offer is None:
-        raise ApiError(404, f"The model '{req.model}' does not exist or you do not have access to it.",
-                       param="model", code="model_not_found")
+        raise ApiError(404, f"The model '{admission.shown(req.model)}' does not exist or you do not have access to "
+                            "it.", param="model", code="model_not_found")
     if not key.allows(offer.hf_id):
         raise ApiError(403, f"This API key is not allowed to use the model '{offer.hf_id}'.", param="model",
                        code="model_not_allowed")
@@ -227,60 +307,63 @@ def admit(endpoint: str) -> Call:
 
 def complete(endpoint: str):
     """``POST /v1/chat/completions`` and ``POST /v1/completions``."""
-    call = admit(endpoint)
-    candidates = call.gw.routing.candidates(call.offer, call.prompt_tokens + (call.req.max_tokens or 1))
+    try:
+        call = admit(endpoint)
+        candidates = call.gw.routing.candidates(call.offer, call.prompt_tokens + (call.req.max_tokens or 1))
+    except RoutingUnavailable:
+        raise unavailable() from None
     if not candidates:
         call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
         longest = call.gw.routing.longest_context(call.offer)
         if longest is not None:  # hosts serve the model, but none with a context this long
             _check_context(longest, call.prompt_tokens, call.req,
                            "The longest context a host serving this model takes now")
-        pricing.record_refusal(call.gw.cache, call.offer.id, call.reserved_tokens, call.gw.refusal_ttl)
+        quietly(lambda: pricing.record_refusal(call.gw.cache, call.offer.id, call.reserved_tokens,
+                                               call.gw.refusal_ttl), None, "counting refusals")
         raise ApiError(503, f"No host is serving '{call.offer.hf_id}' right now. Try again shortly.",
                        code="no_host_available", headers={**call.headers(), "Retry-After": NO_HOST_RETRY_AFTER})
     call.hold()
     try:
         return _forward(call, candidates[:call.gw.max_attempts])
     except ApiError as error:
-        if not call.settled:
-            call.finish("failed" if error.status >= 500 else "rejected", error.status, 0)
+        call.finish("failed" if error.status >= 500 else "rejected", error.status, 0)
         error.headers = {**call.headers(), **error.headers}
         raise
     except BaseException:
-        if not call.settled:
-            call.finish("failed", 500, 0)
+        call.finish("failed", 500, 0)
         raise
 
 
 def _forward(call: Call, candidates: list[Route]):
+    """Try the candidates in turn until one answers; a non-streamed answer is returned whole, a stream is handed
+    to ``_stream`` (which then owns the host's in-flight count)."""
     gw, last_error = call.gw, None
     path, body = PATHS[call.req.endpoint], call.upstream_body()
     for route in candidates:
         call.route = route
+        call.entry.host(route.host_id)
         gw.routing.started(route)
+        handed_over = False
         try:
             response = gw.upstream.open(route.api_base + path, body, stream=call.req.stream)
             if not call.req.stream:
-                data = gw.upstream.read_json(response)
-                gw.routing.finished(route)
-                return _whole(call, data)
+                return _whole(call, gw.upstream.read_json(response))
             events = gw.upstream.events(response)
             first = next(events)  # a failure before the first event may still go to another host
+            call.first_token_at = time.monotonic()
+            handed_over = True
+            return Response(stream_with_context(_stream(call, first, events)), mimetype="text/event-stream",
+                            headers={**call.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         except HostRefused as refused:
-            gw.routing.finished(route)
             raise ApiError(400, _host_message(refused.body), code="invalid_request") from None
         except UpstreamError as error:
-            gw.routing.finished(route)
             log.warning("host %s failed request %s: %s", route.host_id, call.request_id, error)
             last_error = error
-            continue
         except StopIteration:
-            gw.routing.finished(route)
             last_error = UpstreamError("the host sent an empty stream")
-            continue
-        call.first_token_at = time.monotonic()
-        return Response(stream_with_context(_stream(call, first, events)), mimetype="text/event-stream",
-                        headers={**call.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        finally:
+            if not handed_over:
+                gw.routing.finished(route)
     status = last_error.status if last_error else 502
     raise ApiError(status, "The host serving this model failed. Try again." if status == 502 else
                    "The host serving this model timed out. Try again.",
@@ -295,12 +378,11 @@ def _host_message(body: bytes) -> str:
             message = orjson.loads(body)["message"]
         except (ValueError, KeyError, TypeError):
             message = "The host refused the request."
-    return str(message)[:500]
+    return admission.shown(str(message), 500)
 
 
 def _count(call: Call, texts: list[str]) -> int:
-    tokenizer = call.gw.meter.for_model(call.offer.hf_id)
-    return sum(tokenizer.count_text(text) for text in texts)
+    return call.gw.count_texts(call.offer.hf_id, texts)
 
 
 def _ended_on_eos(choice) -> bool:
@@ -319,12 +401,19 @@ def _whole(call: Call, data: dict):
     completion_tokens += sum(map(_ended_on_eos, data.get("choices") or []))
     body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
     call.finish("ok", 200, completion_tokens)
-    response = current_app.response_class(orjson.dumps(body), mimetype="application/json", headers=call.headers())
-    return response
+    return current_app.response_class(orjson.dumps(body), mimetype="application/json", headers=call.headers())
 
 
 def _sse(payload: dict) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _error_event(message: str, code: str, kind: str = "server_error") -> bytes:
+    return _sse({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+class _PastDeadline(Exception):
+    pass
 
 
 def _stream(call: Call, first: bytes, events):
@@ -351,19 +440,26 @@ def _stream(call: Call, first: bytes, events):
             if isinstance(upstream.get("usage"), dict):
                 call.host_usage = upstream["usage"]
             if upstream.get("choices"):
-                ended_on_eos.update(c.get("index", 0) for c in upstream["choices"] if _ended_on_eos(c))
+                for index in (c.get("index", 0) for c in upstream["choices"] if _ended_on_eos(c)):
+                    if index not in ended_on_eos:
+                        ended_on_eos.add(index)
+                        call.entry.ended_on_eos(index)
                 chunk, texts = build(upstream, response_id=call.response_id, created=call.created,
                                      model=call.offer.hf_id)
                 yield _sse(chunk)
+                # Sent: the client has it, so it is owed, whatever happens to this process next.
                 for index, text in texts:
                     delivered.setdefault(index, []).append(text)
+                    call.entry.delivered(index, text)
+            if time.monotonic() > call.deadline:
+                raise _PastDeadline()
             try:
                 data = next(events)
             except StopIteration:
                 break
         completion_tokens = tokens_delivered()
         status, http_status = "ok", 200
-        call.finish("ok", 200, completion_tokens)  # durable before the client sees the end
+        call.finish("ok", 200, completion_tokens)  # durable (or spooled) before the client sees the end
         if call.req.include_usage:
             yield _sse(normalise.usage_chunk(endpoint, response_id=call.response_id, created=call.created,
                                              model=call.offer.hf_id,
@@ -373,10 +469,19 @@ def _stream(call: Call, first: bytes, events):
         status, http_status = "host_failed", error.status
         log.warning("host %s broke stream %s: %s", call.route.host_id, call.request_id, error)
         call.finish(status, http_status, tokens_delivered())
-        yield _sse({"error": {"message": "The host serving this request failed mid-stream.",
-                              "type": "server_error", "param": None, "code": "host_failed"}})
+        yield _error_event("The host serving this request failed mid-stream.", "host_failed")
+    except _PastDeadline:
+        status, http_status = "timed_out", 504
+        call.finish(status, http_status, tokens_delivered())
+        yield _error_event(f"The request ran longer than the {gw.request_timeout}s allowed.", "timeout")
+    except Exception:  # anything else: the client still gets an error event, never a cut connection
+        status, http_status = "failed", 500
+        log.exception("stream %s failed", call.request_id)
+        call.finish(status, http_status, tokens_delivered())
+        yield _error_event("The stream failed on our side. What was delivered is charged; try again.",
+                           "internal_error")
     finally:
         events.close()  # a client that went away frees the host at once
         gw.routing.finished(call.route)
-        if not call.settled:
+        if not call.settled:  # the client went away (GeneratorExit)
             call.finish(status, http_status, tokens_delivered())

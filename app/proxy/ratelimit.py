@@ -2,6 +2,8 @@
 
 A fixed one-minute window per key: one Lua call checks both limits and counts
 the request atomically, so two processes can never both take the last slot.
+Without Redis, requests go through uncounted (and without rate-limit
+headers): the balance hold in PostgreSQL still bounds what a key can spend.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import time
 from dataclasses import dataclass
 
 import redis
+
+from ..shared import quietly
 
 WINDOW_SECONDS = 60
 
@@ -36,9 +40,11 @@ class Decision:
     requests_used: int
     tokens_used: int
     reset_seconds: float
-    tokens_key: str
+    tokens_key: str | None  # None: not counted (Redis was away)
 
     def headers(self) -> dict[str, str]:
+        if self.tokens_key is None:
+            return {}
         reset = _duration(self.reset_seconds)
         return {
             "x-ratelimit-limit-requests": str(self.request_limit),
@@ -69,8 +75,13 @@ class RateLimiter:
         now = time.time() if now is None else now
         window = int(now // WINDOW_SECONDS)
         prefix = f"rl:{key_id}:{window}"
-        refused, requests_used, tokens_used = self._admit(
-            keys=[f"{prefix}:r", f"{prefix}:t"], args=[request_limit, token_limit, tokens, WINDOW_SECONDS * 2])
+        counted = quietly(lambda: self._admit(keys=[f"{prefix}:r", f"{prefix}:t"],
+                                              args=[request_limit, token_limit, tokens, WINDOW_SECONDS * 2]),
+                          None, "rate limits")
+        if counted is None:
+            return Decision(allowed=True, refused_by=None, request_limit=request_limit, token_limit=token_limit,
+                            requests_used=0, tokens_used=0, reset_seconds=0.0, tokens_key=None)
+        refused, requests_used, tokens_used = counted
         return Decision(allowed=refused == 0, refused_by={0: None, 1: "requests", 2: "tokens"}[refused],
                         request_limit=request_limit, token_limit=token_limit, requests_used=requests_used,
                         tokens_used=tokens_used, reset_seconds=(window + 1) * WINDOW_SECONDS - now,
@@ -78,5 +89,5 @@ class RateLimiter:
 
     def correct_tokens(self, decision: Decision, delta: int) -> None:
         """After the request: count what it really used instead of what admission reserved."""
-        if delta:
-            self._client.incrby(decision.tokens_key, delta)
+        if delta and decision.tokens_key is not None:
+            quietly(lambda: self._client.incrby(decision.tokens_key, delta), None, "rate limits")

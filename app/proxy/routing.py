@@ -4,11 +4,16 @@ inside their weekly schedule.
 Each router process keeps the routing table in memory and reloads it from
 PostgreSQL every ``ROUTING_REFRESH_SECONDS``. Round-robin is per process;
 least-outstanding counts in-flight requests per host in Redis, shared by all
-router processes.
+router processes (without Redis, it falls back to round-robin).
+
+The table survives bad data and outages: a host row that cannot be read (a
+heartbeat's nonsense, say) is skipped and logged while the other hosts keep
+serving, and while PostgreSQL is away the last table read stays in use.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -17,8 +22,15 @@ from datetime import datetime, timezone
 import redis
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import schedule
+from ..shared import quietly
+
+log = logging.getLogger(__name__)
+
+# After a failed reload, the next try waits this long (the old table stays in use meanwhile).
+RETRY_SECONDS = 1.0
 
 # The hosts that may take requests for a model (``hm``) now, before their weekly schedules; the pricing job
 # counts supply over the same hosts.
@@ -29,14 +41,14 @@ SERVING_HOSTS = """
 """
 
 # A host's engine may run with a shorter context than the catalog's (vLLM's --max-model-len); its heartbeat says.
+# It comes as JSON and is read in Python, row by row: one host's nonsense must not fail the query for all.
 ROUTES_SQL = text(f"""
     SELECT hm.model_id, h.id, h.owner_id, h.api_base, h.schedule, h.timezone,
-           CASE WHEN jsonb_typeof(h.heartbeat -> 'max_model_len') = 'number'
-                 AND (h.heartbeat ->> 'max_model_len')::numeric >= 1
-                THEN (h.heartbeat ->> 'max_model_len')::numeric::bigint END AS max_model_len
+           h.heartbeat -> 'max_model_len' AS max_model_len
     {SERVING_HOSTS}
     ORDER BY h.id
 """)
+MAX_CONTEXT = 2**31 - 1
 
 MODELS_SQL = text("""
     SELECT id, hf_id, context_length, input_price, output_price, reference_input_price, reference_output_price,
@@ -70,6 +82,17 @@ class Offer:
     created: int
 
 
+class RoutingUnavailable(Exception):
+    """No routing table could be read yet (PostgreSQL is away since this process started)."""
+
+
+def _context(value) -> int | None:
+    """A heartbeat's ``max_model_len``: a whole number of tokens, or None (the catalog's length)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_CONTEXT:
+        return None
+    return int(value)
+
+
 class RoutingTable:
     def __init__(self, engine: Engine, cache: redis.Redis, refresh_seconds: float, strategy: str):
         self._engine, self._cache = engine, cache
@@ -86,19 +109,36 @@ class RoutingTable:
         with self._lock:
             if time.monotonic() - self._loaded_at < self._refresh_seconds:
                 return
-            with self._engine.connect() as conn:
-                models = {row.hf_id: Offer(row.id, row.hf_id, row.context_length, row.input_price,
-                                           row.output_price, row.reference_input_price, row.reference_output_price,
-                                           row.enabled, int(row.created_at.timestamp()))
-                          for row in conn.execute(MODELS_SQL)}
-                routes: dict[int, list[Route]] = {}
-                now = datetime.now(timezone.utc)
-                for model_id, host_id, owner_id, api_base, windows, tz, max_len in conn.execute(ROUTES_SQL):
-                    if schedule.serving(windows, tz, now):
-                        routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/"),
-                                                                     max_len))
-            self._models, self._routes = models, routes
+            try:
+                self._models, self._routes = self._read()
+            except SQLAlchemyError as error:
+                # Keep the table we have and try again shortly; without one yet, the request cannot be routed.
+                log.warning("the routing table could not be reloaded: %s", type(error).__name__)
+                if not self._models:
+                    self._loaded_at = 0.0
+                    raise RoutingUnavailable() from None
+                self._loaded_at = time.monotonic() - self._refresh_seconds + RETRY_SECONDS
+                return
             self._loaded_at = time.monotonic()
+
+    def _read(self) -> tuple[dict[str, Offer], dict[int, list[Route]]]:
+        with self._engine.connect() as conn:
+            models = {row.hf_id: Offer(row.id, row.hf_id, row.context_length, row.input_price, row.output_price,
+                                       row.reference_input_price, row.reference_output_price, row.enabled,
+                                       int(row.created_at.timestamp()))
+                      for row in conn.execute(MODELS_SQL)}
+            rows = conn.execute(ROUTES_SQL).all()
+        routes: dict[int, list[Route]] = {}
+        now = datetime.now(timezone.utc)
+        for model_id, host_id, owner_id, api_base, windows, tz, max_len in rows:
+            try:
+                if schedule.serving(windows, tz, now):
+                    routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/"),
+                                                                 _context(max_len)))
+            except Exception:  # one host's bad data must not stop the others from serving
+                log.exception("host %s skipped in the routing table: its schedule or settings cannot be read",
+                              host_id)
+        return models, routes
 
     def invalidate(self) -> None:
         self._loaded_at = 0.0
@@ -121,9 +161,11 @@ class RoutingTable:
         if len(routes) < 2:
             return list(routes)
         if self._strategy == "least_outstanding":
-            loads = self._cache.mget([f"inflight:{r.host_id}" for r in routes])
-            ranked = sorted((int(load or 0), i) for i, load in enumerate(loads))
-            return [routes[i] for _, i in ranked]
+            loads = quietly(lambda: self._cache.mget([f"inflight:{r.host_id}" for r in routes]), None,
+                            "least-outstanding routing")
+            if loads is not None:
+                ranked = sorted((int(load or 0), i) for i, load in enumerate(loads))
+                return [routes[i] for _, i in ranked]
         turn = next(self._turns.setdefault(model.id, itertools.count())) % len(routes)
         return routes[turn:] + routes[:turn]
 
@@ -138,8 +180,8 @@ class RoutingTable:
 
     def started(self, route: Route) -> None:
         if self._strategy == "least_outstanding":
-            self._cache.incr(f"inflight:{route.host_id}")
+            quietly(lambda: self._cache.incr(f"inflight:{route.host_id}"), None, "least-outstanding routing")
 
     def finished(self, route: Route) -> None:
         if self._strategy == "least_outstanding":
-            self._cache.decr(f"inflight:{route.host_id}")
+            quietly(lambda: self._cache.decr(f"inflight:{route.host_id}"), None, "least-outstanding routing")

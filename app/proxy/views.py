@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from flask import Blueprint, g, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import api_keys
 from ..catalog import format_usd
 from ..extensions import db
+from .admission import shown
 from .errors import ApiError, openai_error
-from .gateway import complete, gateway
+from .gateway import DatabaseUnavailable, complete, gateway, unavailable
+from .routing import RoutingUnavailable
+
+KEY_ACTIVE_SQL = "SELECT 1 FROM api_keys WHERE id = %(key_id)s AND revoked_at IS NULL"
 
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 
@@ -17,6 +22,14 @@ OWNED_BY = "gpushare"
 @bp.errorhandler(ApiError)
 def handle_api_error(error: ApiError):
     return openai_error(error.status, error.message, code=error.code, param=error.param, headers=error.headers)
+
+
+@bp.errorhandler(RoutingUnavailable)
+@bp.errorhandler(DatabaseUnavailable)
+@bp.errorhandler(SQLAlchemyError)
+def handle_database_away(error):
+    db.session.rollback()
+    return handle_api_error(unavailable())
 
 
 @bp.before_request
@@ -50,19 +63,33 @@ def _model_object(offer) -> dict:
                                               for name, micro in prices.items()}}
 
 
+def _check_not_revoked() -> None:
+    """The key cache may be stale after a Redis outage; spending is checked by ``gs_hold``, and the cheap
+    model listing asks PostgreSQL here (trusting the cache only while the database is away)."""
+    try:
+        active = gateway().sql(KEY_ACTIVE_SQL, {"key_id": g.api_key.id})
+    except DatabaseUnavailable:
+        return
+    if active is None:
+        raise ApiError(401, "Incorrect API key provided. Create or check your keys on the API keys page.",
+                       code="invalid_api_key")
+
+
 @bp.get("/models")
 def list_models():
     """Models that at least one healthy host serves and this key may use."""
+    _check_not_revoked()
     offers = [m for m in gateway().routing.served_models() if g.api_key.allows(m.hf_id)]
     return {"object": "list", "data": [_model_object(m) for m in offers]}
 
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str):
+    _check_not_revoked()
     for offer in gateway().routing.served_models():
         if offer.hf_id == model_id and g.api_key.allows(model_id):
             return _model_object(offer)
-    raise ApiError(404, f"The model '{model_id}' does not exist or you do not have access to it.",
+    raise ApiError(404, f"The model '{shown(model_id)}' does not exist or you do not have access to it.",
                    code="model_not_found", param="model")
 
 

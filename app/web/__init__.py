@@ -6,6 +6,9 @@ from functools import wraps
 from flask import Flask, abort, flash, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..catalog import format_usd
 from ..extensions import db, login_manager
@@ -61,6 +64,21 @@ def register_web(app: Flask) -> None:
                                message="The form was missing its security token or it expired. "
                                        "Reload the page and try again."), 400
 
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeout)
+    @app.errorhandler(RedisError)
+    def service_unavailable(error):
+        """PostgreSQL or Redis is away: a page that says so, not a stack trace."""
+        app.logger.warning("%s %s: a backing service is unavailable: %s", request.method, request.path,
+                           type(error).__name__)
+        try:
+            db.session.rollback()
+        except Exception:  # the connection is gone with the server
+            pass
+        response = _error_page(503, "Briefly unavailable", "A service this page needs is unavailable. "
+                                                           "Try again in a few seconds.")(error)
+        return response
+
     for code, title, message in (
         (403, "Not allowed", "Your account cannot use this page."),
         (404, "Not found", "There is nothing here. It may have been removed, or the link is wrong."),
@@ -72,12 +90,14 @@ def register_web(app: Flask) -> None:
 
 
 def _error_page(code: int, title: str, message: str):
+    """An error in the caller's format: OpenAI's error object under /v1, JSON under /api, a page elsewhere."""
     def handler(error):
+        headers = {"Retry-After": "5"} if code == 503 else {}
         if request.path.startswith("/v1/"):
-            return openai_error(code, message)
+            return openai_error(code, message, headers=headers)
         if request.path.startswith("/api/"):
-            return {"error": message}, code
-        return render_template("error.html", code=code, title=title, message=message), code
+            return {"error": message}, code, headers
+        return render_template("error.html", code=code, title=title, message=message), code, headers
     return handler
 
 

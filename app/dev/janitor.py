@@ -1,0 +1,153 @@
+"""Whatever a ``make run`` leaves behind when ``serve`` dies, removed: even after a SIGKILL.
+
+``serve`` starts this watcher first, in a session of its own (so Ctrl-C does
+not reach it), with a pipe on its standard input. Every process the run
+starts inherits the run's marker in its environment (``GPUSHARE_RUN_ID``).
+When the pipe closes, because ``serve`` finished its own orderly stop or
+because it died, the janitor:
+
+1. sends SIGTERM to every process that carries the marker, the database
+   servers aside, and SIGKILL to those still there after the grace period;
+2. stops the embedded Redis and PostgreSQL that this run started: those of
+   its data directory that started after the janitor did (a server reused
+   from another command is older, and is left running);
+3. removes the run's network namespace, interfaces and firewall tables.
+
+After an orderly stop it finds nothing and says nothing.
+
+    python -m app.dev.janitor --run-id ID --data-dir DIR [--grace 30] [--netns NAME --veth NAME]
+        [--link NAME ...] [--nft-table NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+RUN_MARKER = "GPUSHARE_RUN_ID"
+DATABASE_SERVERS = ("postgres", "redis-server")
+
+
+def _say(message: str) -> None:
+    print(f"gpushare janitor: {message}", file=sys.stderr, flush=True)
+
+
+def marked(run_id: str, spare: tuple[int, ...] = ()) -> list[psutil.Process]:
+    """Every live process of this run (zombies left aside), this one and ``spare`` excepted."""
+    found = []
+    for process in psutil.process_iter(["pid", "status"]):
+        if process.pid in (os.getpid(), *spare) or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if process.environ().get(RUN_MARKER) == run_id:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return "?"
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"{process.pid} ({' '.join(process.cmdline())[:120]})"
+    except psutil.Error:
+        return str(process.pid)
+
+
+def _end(processes: list[psutil.Process], first: int, grace: float) -> None:
+    for process in processes:
+        try:
+            process.send_signal(first)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+def sweep(run_id: str, data_dir: Path, since: float, grace: float, spare: tuple[int, ...] = ()) -> list[str]:
+    """Stop every process of the run but ``spare``, then the embedded servers it started, gently. Returns what
+    was found."""
+    found = [p for p in marked(run_id, spare) if _name(p) not in DATABASE_SERVERS]
+    _end(found, signal.SIGTERM, grace)
+    described = [_describe(p) for p in found]
+    # Redis saves on SIGTERM; SIGINT to the postmaster is PostgreSQL's fast shutdown (its backends follow).
+    for pid_file, first in ((data_dir / "redis" / "redis.pid", signal.SIGTERM),
+                            (data_dir / "postgres" / "postmaster.pid", signal.SIGINT)):
+        server = _started_since(pid_file, since)
+        if server is not None:
+            described.append(_describe(server))
+            _end([server], first, 60)
+    _end(marked(run_id, spare), signal.SIGKILL, 5)  # anything still there
+    return described
+
+
+def _started_since(pid_file: Path, since: float) -> psutil.Process | None:
+    """The server whose pid ``pid_file`` holds, if it started at ``since`` or later (this run's own)."""
+    try:
+        process = psutil.Process(int(pid_file.read_text().split()[0]))
+        return process if process.create_time() >= since - 1 else None
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+
+
+def remove_network(netns: str | None, veth: str | None, links: list[str], tables: list[str]) -> list[str]:
+    """Remove the run's namespace (with its veth pair), interfaces and firewall tables. Returns what was there."""
+    removed = []
+    if netns and veth:
+        from .demo_network import remove
+
+        if netns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split():
+            removed.append(f"network namespace {netns}")
+        remove(netns, veth)
+    for link in links:
+        if subprocess.run(["ip", "link", "show", "dev", link], capture_output=True).returncode == 0:
+            removed.append(f"interface {link}")
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+    for table in tables:
+        if subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode == 0:
+            removed.append(f"firewall table {table}")
+            subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.dev.janitor", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--data-dir", type=Path, required=True, help="where the embedded servers keep their pid")
+    parser.add_argument("--grace", type=float, default=30, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--netns", default=None, help="the demo host's namespace")
+    parser.add_argument("--veth", default=None, help="the router's end of the veth pair to that namespace")
+    parser.add_argument("--link", action="append", default=[])
+    parser.add_argument("--nft-table", action="append", default=[])
+    args = parser.parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # only the pipe's end ends the watch
+    serve = os.getppid()  # it may carry the marker itself; alive at the end, it is finishing its own stop
+    since = psutil.Process().create_time()
+    while sys.stdin.buffer.read(4096):
+        pass
+    left = sweep(args.run_id, args.data_dir.resolve(), since, args.grace, spare=(serve,))
+    left += remove_network(args.netns, args.veth, args.link, args.nft_table)
+    if left:
+        _say("removed what the platform left behind: " + "; ".join(left))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

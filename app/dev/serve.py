@@ -1,0 +1,388 @@
+"""``python -m app.dev.serve`` (what ``make run`` runs): migrate, seed, and run the whole platform until Ctrl-C.
+
+The run takes a slot of its own on the machine (``instance``), starts its
+janitor before anything else, then the app (and with it the embedded
+PostgreSQL and Redis), and supervises the web app (gunicorn with gevent
+workers), the RQ worker and scheduler, the overlay hub, the Stripe stand-in
+and the demo host's agent: a process that dies is restarted with backoff.
+Ctrl-C (or SIGTERM) at any moment stops what was started, in order; if this
+process itself is killed, its children get SIGTERM and the janitor removes
+whatever is left.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import click
+
+from app import ROOT, catalog
+from app.config import ConfigError
+
+from . import demo_network
+from .instance import Instance, InstanceError, claim
+from .janitor import RUN_MARKER
+from .supervisor import Supervisor
+
+READY_TIMEOUT_SECONDS = 60
+JANITOR_SECONDS = 120
+DEMO_ENGINE_PORT = 8100
+DEMO_READY_TIMEOUT_SECONDS = 600
+DEMO_STOP_SECONDS = 60  # the agent lets requests in flight finish, then stops its engine
+DEMO_MODELS = {"smollm2": catalog.DEMO_MODEL, "tiny-chat": catalog.TINY_TEST_MODEL}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: a BaseException, so that no ``except Exception`` on the way swallows it."""
+
+
+_stop_signal: int | None = None
+
+
+def _on_stop_signal(signum, frame):
+    """Raise at once to break off whatever is blocking; remember it too, because a signal that lands in a
+    finaliser or weakref callback has its exception swallowed (``checkpoint`` raises it again)."""
+    global _stop_signal
+    first = _stop_signal is None
+    _stop_signal = signum
+    if first:
+        raise Interrupted(signal.Signals(signum).name)
+
+
+def checkpoint() -> None:
+    """Raise Interrupted if Ctrl-C or SIGTERM came, even if its first raise was lost."""
+    if _stop_signal is not None:
+        raise Interrupted(signal.Signals(_stop_signal).name)
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+class Janitor:
+    """The watcher that cleans up after this run whatever way it ends (``app/dev/janitor.py``)."""
+
+    def __init__(self, run_id: str, data_dir: Path, instance: Instance, wireguard: bool):
+        args = ["--run-id", run_id, "--data-dir", str(data_dir)]
+        if wireguard:
+            from overlay.hub import firewall_table
+
+            hub = os.environ["OVERLAY_INTERFACE"]
+            args += ["--netns", instance.demo_namespace, "--veth", instance.demo_veth,
+                     "--link", hub, "--nft-table", firewall_table(hub)]
+        self.process = subprocess.Popen(_python("-m", "app.dev.janitor", *args), stdin=subprocess.PIPE, cwd=ROOT,
+                                        start_new_session=True)
+
+    def finish(self) -> None:
+        """Let it check that nothing is left (after our own orderly stop it finds nothing), and wait for it."""
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=JANITOR_SECONDS)
+        except subprocess.TimeoutExpired:
+            click.echo("The janitor did not finish in time; some processes may be left.", err=True)
+
+
+def _choose_overlay(instance: Instance) -> bool:
+    """Settle the overlay for this run in the environment (the app and every child read it there): WireGuard
+    where this machine can make interfaces, else the loopback demo overlay; this run's own network, hub
+    interface and port unless set by hand. Returns whether it is WireGuard."""
+    from hostkit import wireguard
+
+    env = os.environ
+    mode = env.get("OVERLAY_MODE") or "wireguard"
+    if mode == "wireguard":
+        can, why = wireguard.available()
+        if not can:
+            click.echo(f"Overlay: loopback only ({why}); hosts on other machines cannot join this router.")
+            mode = "loopback"
+            env["OVERLAY_NOTE"] = why
+            if env.get("OVERLAY_NETWORK"):
+                click.echo(f"  (OVERLAY_NETWORK={env['OVERLAY_NETWORK']} is for WireGuard: this run uses "
+                           f"{instance.loopback_network})")
+                env.pop("OVERLAY_NETWORK")
+    env["OVERLAY_MODE"] = mode
+    wireguard_mode = mode == "wireguard"
+    env.setdefault("OVERLAY_NETWORK", instance.wireguard_network if wireguard_mode else instance.loopback_network)
+    env.setdefault("OVERLAY_INTERFACE", instance.hub_interface)
+    env.setdefault("OVERLAY_LISTEN_PORT", str(instance.hub_listen_port))
+    return wireguard_mode
+
+
+def _wait_ready(url: str, supervisor: Supervisor) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        supervisor.sleep(0.2)
+    raise click.ClickException(f"the web server did not answer {url} within {READY_TIMEOUT_SECONDS}s; "
+                               "see the log above")
+
+
+def _banner(info, env_path: Path, public: str, model: str | None) -> str:
+    try_model = [
+        f"  .venv/bin/python -c 'import openai; [print(c.choices[0].delta.content or \"\", end=\"\", flush=True) "
+        f"for c in openai.OpenAI().chat.completions.create(model=\"{model}\", stream=True, "
+        f"messages=[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]) if c.choices]'",
+    ] if model else ["  (no demo host: start with --demo-model smollm2 to serve a model here)"]
+    return "\n".join([
+        "",
+        f"gpushare is running at {public}",
+        f"  admin: {info.admin_email} / {info.admin_password}",
+        f"  demo client: {info.client_email} / {info.client_password}",
+        f"  demo API key: {info.api_key}",
+        f"  written to {env_path}",
+        "",
+        "Try it:",
+        f"  set -a; . {env_path}; set +a",
+        '  curl -s "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY"',
+        *try_model,
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ])
+
+
+class Platform:
+    """One run: what it started, and how to stop it."""
+
+    def __init__(self, app, instance: Instance, wireguard: bool, supervisor: Supervisor):
+        self.app, self.instance, self.wireguard, self.supervisor = app, instance, wireguard, supervisor
+        self.data_dir = Path(app.config["GPUSHARE_DATA_DIR"])
+        self.demo_network = self.standin = False
+        self.env = self._child_env()
+
+    def _child_env(self) -> dict[str, str]:
+        """The children share this process's database, Redis and data directory."""
+        env = dict(os.environ)
+        config = self.app.config
+        env["DATABASE_URL"] = config["SQLALCHEMY_DATABASE_URI"]
+        env["REDIS_URL"] = config["REDIS_URL"]
+        env["GPUSHARE_DATA_DIR"] = config["GPUSHARE_DATA_DIR"]
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start_stripe_standin(self, public: str) -> None:
+        """With no Stripe key, the local Stripe stand-in (app/stripe_standin.py), so credits can be bought for
+        play; the web app and workers get its made-up key and webhook secret through the environment."""
+        from hostkit.engine import free_port
+
+        config = self.app.config
+        if config["STRIPE_SECRET_KEY"] or not config["STRIPE_STANDIN"]:
+            return
+        port = free_port()
+        settings = {"STRIPE_SECRET_KEY": f"sk_test_standin_{secrets.token_hex(16)}",
+                    "STRIPE_WEBHOOK_SECRET": f"whsec_standin_{secrets.token_hex(16)}",
+                    "STRIPE_CONNECT_WEBHOOK_SECRET": f"whsec_standin_{secrets.token_hex(16)}",
+                    "STRIPE_API_BASE": f"http://127.0.0.1:{port}"}
+        self.env.update(settings)
+        config.update(settings)
+        env = {**self.env, "STRIPE_STANDIN_API_KEY": settings["STRIPE_SECRET_KEY"],
+               "STRIPE_STANDIN_WEBHOOK_SECRET": settings["STRIPE_WEBHOOK_SECRET"],
+               "STRIPE_STANDIN_CONNECT_WEBHOOK_SECRET": settings["STRIPE_CONNECT_WEBHOOK_SECRET"]}
+        click.echo(f"Starting the local Stripe stand-in on {settings['STRIPE_API_BASE']} (no real payments)...")
+        self.standin = True
+        state = self.data_dir / "stripe-standin.json"
+        self.supervisor.start("Stripe stand-in", _python(
+            "-m", "app.stripe_standin", "--port", str(port), "--webhook-url", f"{public}/stripe/webhook",
+            "--connect-webhook-url", f"{public}/stripe/connect-webhook", "--state", str(state)),
+            env=env, cwd=ROOT)
+
+    def start_demo_host(self, model: str, router_url: str):
+        """The demo host joins like any host: ``hostkit register`` with its owner's enrollment key, approval by
+        the seeded admin, then ``hostkit agent``, which brings up the overlay and the engine. Over WireGuard it
+        runs in the demo namespace, a second machine as far as the network can tell."""
+        from app import demo
+        from app.extensions import db
+        from app.models import Host
+
+        state_dir, engine_dir = self.data_dir / "demo-host", self.data_dir / "engine"
+        prefix = demo_network.command(self.instance) if self.wireguard else []
+        hostkit = [*prefix, sys.executable, "-m", "hostkit"]
+
+        def register(key: str) -> None:
+            done = subprocess.run([*hostkit, "register", "--router", router_url, "--invite", key, "--name",
+                                   demo.DEMO_HOST_NAME, "--engine-port", str(DEMO_ENGINE_PORT),
+                                   "--state-dir", str(state_dir)], cwd=ROOT, env=self.env, capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                raise click.ClickException(f"the demo host could not register: {done.stderr.strip()}")
+            click.echo(done.stdout.strip())
+
+        click.echo(f"Starting the demo host: {DEMO_MODELS[model]} on vLLM (CPU); this takes about a minute...")
+        started = time.monotonic()
+        host = demo.enroll_demo_host(state_dir, register)
+        checkpoint()
+        host = demo.approve_demo_host(host, DEMO_MODELS[model], engine_dir / "models" / model,
+                                      Path(self.app.config["TOKENIZERS_DIR"]))
+        click.echo(f"The demo host is approved (by {demo.DEMO_ADMIN_EMAIL}) at overlay address "
+                   f"{host.overlay_address}.")
+        self.supervisor.start("demo host's agent", [
+            *hostkit, "agent", "--state-dir", str(state_dir), "--engine", "process", "--data-dir", str(engine_dir),
+            "--heartbeat", "2", "--interface", self.instance.demo_host_interface,
+            "--authorized-keys", str(state_dir / "authorized_keys")], env=self.env, cwd=ROOT,
+            stop_seconds=DEMO_STOP_SECONDS, stop_first=True)
+        host_id, deadline = host.id, time.monotonic() + DEMO_READY_TIMEOUT_SECONDS
+        while not db.session.get(Host, host_id, populate_existing=True).healthy:
+            db.session.commit()
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the demo host was not serving after {DEMO_READY_TIMEOUT_SECONDS}s")
+            self.supervisor.sleep(0.5)
+        click.echo(f"Demo host ready in {time.monotonic() - started:.0f}s"
+                   + (" (over the WireGuard overlay)." if self.wireguard else " (loopback overlay)."))
+
+    def pay_demo_host(self, public: str) -> None:
+        """The demo host's owner is paid through the stand-in, so the admin's money page has a payout to show."""
+        import stripe
+        import urllib3
+
+        from app import demo, payouts
+
+        try:
+            outcome = demo.pay_demo_host(public)
+        except (payouts.PayoutError, stripe.StripeError, urllib3.exceptions.HTTPError) as exc:
+            click.echo(f"The demo payout could not be made ({exc}); payouts still run every hour.")
+            return
+        if outcome.get("paid"):
+            click.echo(f"Paid the demo host's owner {demo.DEMO_HOST_EARNINGS / 1e6:.2f} USD through the Stripe "
+                       "stand-in (see Admin > Money).")
+
+    def run(self, host: str, port: int, workers: int, demo_model: str) -> None:
+        from flask_migrate import upgrade
+
+        from app import demo
+
+        public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        click.echo("Applying database migrations...")
+        upgrade()
+        checkpoint()
+        click.echo(f"Model catalog: {catalog.seed()} models added.")
+        router_url, binds = public, [f"{host}:{port}"]
+        if self.wireguard and demo_model != "none":
+            # The demo host gets a machine of its own; it reaches the router and the hub on the veth address.
+            demo_network.create(self.instance)
+            self.demo_network = True
+            router_url = f"http://{self.instance.demo_router_address}:{port}"
+            binds.append(f"{self.instance.demo_router_address}:{port}")
+            endpoint = {"OVERLAY_ENDPOINT": f"{self.instance.demo_router_address}:{self.instance.hub_listen_port}"}
+            self.env.update(endpoint)
+            self.app.config.update(endpoint)
+        info = demo.ensure_demo(self.data_dir, f"{public}/v1")
+        checkpoint()
+        self.start_stripe_standin(public)
+        click.echo(f"Starting the web app on {public} ({workers} gevent workers)...")
+        self.supervisor.start("web app", _python(
+            "-m", "gunicorn", "--worker-class", "gevent", "--workers", str(workers),
+            *(arg for bind in binds for arg in ("--bind", bind)), "--no-control-socket", "--graceful-timeout", "20",
+            "--access-logfile", "-", "--chdir", str(ROOT), "wsgi:app"), env=self.env, cwd=ROOT)
+        for command in ("worker", "scheduler"):
+            click.echo(f"Starting the RQ {command}...")
+            self.supervisor.start(f"RQ {command}", _python("-m", "flask", "--app", "wsgi", command), env=self.env,
+                                  cwd=ROOT)
+        if self.wireguard:
+            click.echo(f"Starting the overlay hub ({self.instance.hub_interface})...")
+            self.supervisor.start("overlay hub", _python("-m", "flask", "--app", "wsgi", "overlay-hub"),
+                                  env=self.env, cwd=ROOT)
+        _wait_ready(f"{public}/healthz", self.supervisor)
+        if demo_model != "none":
+            self.start_demo_host(demo_model, router_url)
+            if self.standin:
+                self.pay_demo_host(public)
+        click.echo(_banner(info, self.data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
+        while True:
+            self.supervisor.sleep(1)
+
+    def stop(self) -> None:
+        """Stop every child in order, then the demo machine, the hub's interface and the embedded servers."""
+        from app.extensions import db
+
+        self.supervisor.stop()
+        if self.demo_network:
+            demo_network.remove(self.instance.demo_namespace, self.instance.demo_veth)
+        if self.wireguard:
+            _remove_hub(self.app.config["OVERLAY_INTERFACE"])
+        db.session.remove()  # this process's own connections go before the server they point at
+        db.engine.dispose()
+        services = self.app.extensions.get("embedded")
+        if services is not None:
+            services.stop()
+
+
+def _remove_hub(interface: str) -> None:
+    """The hub interface and its firewall go with the platform that made them."""
+    from hostkit import wireguard
+    from overlay import hub
+
+    try:
+        hub.remove(interface)
+    except wireguard.WireGuardError as error:
+        click.echo(f"could not remove the overlay interface: {error}", err=True)
+
+
+@click.command("serve")
+@click.option("--host", envvar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", envvar="PORT", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", envvar="WEB_CONCURRENCY", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--demo-model", envvar="GPUSHARE_DEMO_MODEL", default="smollm2", show_default=True,
+              type=click.Choice([*DEMO_MODELS, "none"]), help="What the demo host serves; none for no demo host.")
+def serve(host: str, port: int, workers: int, demo_model: str) -> None:
+    """Migrate, seed, and run the platform until Ctrl-C."""
+    # Explicitly: a process started with SIGINT ignored (a background job of a script) would not get Python's
+    # KeyboardInterrupt.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_stop_signal)
+    os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)  # every process this run starts carries it (janitor.py)
+    data_dir = Path(os.environ.get("GPUSHARE_DATA_DIR") or "instance").resolve()
+    os.environ["GPUSHARE_DATA_DIR"] = str(data_dir)
+    public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    os.environ.setdefault("GPUSHARE_PUBLIC_URL", public)
+    try:
+        instance, _lock = claim(data_dir)
+    except InstanceError as error:
+        raise click.ClickException(str(error)) from None
+    platform = janitor = None
+    supervisor = Supervisor(click.echo, checkpoint)
+    try:
+        wireguard = _choose_overlay(instance)
+        janitor = Janitor(os.environ[RUN_MARKER], data_dir, instance, wireguard)
+        from app import create_app
+
+        try:
+            app = create_app()
+        except ConfigError as error:
+            raise click.ClickException(f"refusing to start: {error}") from None
+        checkpoint()
+        with app.app_context():
+            platform = Platform(app, instance, wireguard, supervisor)
+            try:
+                platform.run(host, port, workers, demo_model)
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand a server
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                click.echo("\nStopping gpushare...")
+                platform.stop()
+    except Interrupted:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if platform is None:
+            supervisor.stop()
+        if janitor is not None:
+            janitor.finish()
+    click.echo("Stopped.")
+
+
+if __name__ == "__main__":
+    serve(prog_name="python -m app.dev.serve")
