@@ -27,17 +27,26 @@ class CatalogError(ValueError):
     """A catalog change that cannot be made; the message is for the admin."""
 
 
+MAX_USD = 1_000_000_000  # no amount anyone types is larger; the ledger's integers hold far more
+
+
 def usd(amount: str) -> int:
-    """``"0.15"`` -> 150000 micro-units. Refuses negatives and sub-micro precision."""
+    """``"0.15"`` -> 150000 micro-units. Refuses negatives, sub-micro precision and absurd sizes."""
+    text = str(amount).strip().lstrip("$").replace(",", "")
+    shown = repr(text[:24] + ("…" if len(text) > 24 else ""))
     try:
-        value = Decimal(str(amount).strip().lstrip("$"))
+        value = Decimal(text) if len(text) <= 40 else Decimal("NaN")
     except InvalidOperation:
-        raise CatalogError(f"{amount!r} is not an amount in dollars, such as 0.15") from None
-    if not value.is_finite() or value < 0:
-        raise CatalogError(f"{amount!r} must be zero or more")
+        raise CatalogError(f"{shown} is not an amount in dollars, such as 0.15") from None
+    if not value.is_finite():
+        raise CatalogError(f"{shown} is not an amount in dollars, such as 0.15")
+    if value < 0:
+        raise CatalogError(f"{shown} must be zero or more")
+    if value > MAX_USD:
+        raise CatalogError(f"{shown} is more than ${MAX_USD:,}")
     micro = value * MICRO
     if micro != micro.to_integral_value():
-        raise CatalogError(f"{amount!r} has more than six decimal places")
+        raise CatalogError(f"{shown} has more than six decimal places")
     return int(micro)
 
 

@@ -175,6 +175,14 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "PREFERRED_URL_SCHEME": "https" if production else "http",
         "PUBLIC_URL": env_str(env, "GPUSHARE_PUBLIC_URL", "http://127.0.0.1:8000"),
         "INVITE_TTL_HOURS": env_int(env, "INVITE_TTL_HOURS", 72, minimum=1, maximum=24 * 90),
+        # Web sessions (app/accounts.py): they end after this long unused, or this long in all.
+        "SESSION_IDLE_HOURS": env_int(env, "SESSION_IDLE_HOURS", 12, minimum=1, maximum=24 * 30),
+        "SESSION_MAX_DAYS": env_int(env, "SESSION_MAX_DAYS", 30, minimum=1, maximum=365),
+        # Failed logins (app/throttle.py), counted in Redis by every process: after this many for one account, or
+        # from one client address, logins there wait until the window has passed.
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT": env_int(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, minimum=1),
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": env_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1),
+        "LOGIN_THROTTLE_SECONDS": env_int(env, "LOGIN_THROTTLE_SECONDS", 900, minimum=1, maximum=86_400),
         "API_KEY_CACHE_SECONDS": env_int(env, "API_KEY_CACHE_SECONDS", 60, minimum=1, maximum=3600),
         # How many reverse proxies in front of the app set X-Forwarded-For (audit logs record the real client).
         "PROXY_FIX_HOPS": env_int(env, "PROXY_FIX_HOPS", 0, minimum=0, maximum=5),

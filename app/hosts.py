@@ -20,6 +20,8 @@ from overlay import hub, identity, ipam
 
 from . import audit, pricing, schedule, tokens
 from .extensions import db, redis_client
+from .echo import shown
+from .shared import quietly
 from .models import CatalogModel, EnrollmentKey, Host, HostModel, User, utcnow
 from .usage import DayAmount, utc_days, zero_filled
 
@@ -135,7 +137,8 @@ def change_status(admin: User, host_id: int, change: str) -> Host:
         raise HostError(f"this host is {host.status}, so it cannot be {new} now", status=409)
     audit.record(admin, f"host.{change}", "host", host_id, **{k: str(v) for k, v in values.items()})
     db.session.commit()
-    hub.notify(redis_client)  # the hub adds or removes the peer now, not at its next reconcile
+    # The hub adds or removes the peer now, not at its next reconcile (without Redis: at that reconcile).
+    quietly(lambda: hub.notify(redis_client), None, "telling the overlay hub")
     return db.session.get(Host, host_id, populate_existing=True)
 
 
@@ -144,8 +147,15 @@ def _url_host(address: str) -> str:
 
 
 def record_heartbeat(host: Host, report: dict) -> Host:
+    """Keep the host's report (its shape checked by the host API's schema). A host may say it serves only
+    models it offers here: anything else would show on its owner's page as if it were true."""
     if not isinstance(report, dict) or len(json.dumps(report)) > MAX_REPORT_BYTES:
         raise HostError(f"a heartbeat is an object of at most {MAX_REPORT_BYTES // 1024} KiB")
+    offered = {offer.model.hf_id for offer in host.offers if offer.enabled}
+    for model in report.get("models") or []:
+        if model not in offered:
+            raise HostError(f"models: this host does not offer {shown(str(model), 80)!r} (`hostkit models --enable` "
+                            "offers a catalog model)", status=409)
     host.heartbeat = report
     host.last_heartbeat_at = utcnow()
     db.session.commit()
@@ -153,7 +163,8 @@ def record_heartbeat(host: Host, report: dict) -> Host:
         import jobs
         from jobs import health
 
-        jobs.enqueue(health.check_host, host.id)  # an engine that just came up is probed now, not next round
+        # An engine that just came up is probed now, not next round (without Redis: next round).
+        quietly(lambda: jobs.enqueue(health.check_host, host.id), None, "enqueueing a health check")
     return host
 
 
@@ -197,11 +208,17 @@ def set_schedule(actor: User, host: Host, windows_text: str, timezone: str) -> H
 
 
 def gpu_memory_mib(host: Host) -> int | None:
-    """The largest GPU's memory from the host's ``hostkit check`` report (0: no GPU), or None (no report)."""
-    for check in (host.hardware or {}).get("checks", []):
-        if check.get("name") == "gpu":
-            sizes = [gpu.get("memory_total_mib", 0) for gpu in (check.get("data") or {}).get("gpus", [])]
-            return max(sizes, default=0)  # a machine without a GPU serves the CPU models only
+    """The largest GPU's memory from the host's ``hostkit check`` report (0: no GPU), or None (no report).
+    Reports are checked at registration; one of another shape (from before that) reads as no report."""
+    report = host.hardware if isinstance(host.hardware, dict) else {}
+    checks = report.get("checks")
+    for check in checks if isinstance(checks, list) else []:
+        if isinstance(check, dict) and check.get("name") == "gpu":
+            data = check.get("data") if isinstance(check.get("data"), dict) else {}
+            gpus = data.get("gpus") if isinstance(data.get("gpus"), list) else []
+            sizes = [gpu.get("memory_total_mib") for gpu in gpus if isinstance(gpu, dict)]
+            # A machine without a GPU serves the CPU models only.
+            return max((size for size in sizes if isinstance(size, int) and not isinstance(size, bool)), default=0)
     return None
 
 
@@ -217,7 +234,7 @@ def set_model(actor: User, host: Host, hf_id: str, enabled: bool) -> HostModel:
     """Offer a catalog model on this host, or stop offering it."""
     model = db.session.scalar(select(CatalogModel).where(CatalogModel.hf_id == str(hf_id or "").strip()))
     if model is None or not model.enabled:
-        raise HostError(f"{hf_id!r} is not in the catalog: `hostkit models` lists the models you can offer",
+        raise HostError(f"{shown(str(hf_id))!r} is not in the catalog: `hostkit models` lists the models you can offer",
                         status=404)
     vram = gpu_memory_mib(host)
     if enabled and vram is not None and model.min_vram_mib > vram:

@@ -32,6 +32,16 @@ def account(kind: str, user: User | int | None = None) -> LedgerAccount:
     return db.session.get(LedgerAccount, account_id(kind, user), populate_existing=True)
 
 
+def existing(kind: str, user: User | int | None = None) -> LedgerAccount:
+    """The account as it stands, for reading: an account not made yet reads as empty, and is not made (a page
+    that shows a balance changes nothing)."""
+    user_id = getattr(user, "id", user)
+    found = db.session.scalar(select(LedgerAccount).where(LedgerAccount.kind == kind,
+                                                          LedgerAccount.user_id.is_not_distinct_from(user_id))
+                              .execution_options(populate_existing=True))
+    return found or LedgerAccount(kind=kind, user_id=user_id, balance=0, held=0, credit_limit=0)
+
+
 def post(transfer_id: str, kind: str, entries: list[tuple[int, int]], *, memo: str = "",
          created_by: User | None = None, request_id: str | None = None) -> bool:
     """Post one balanced transfer in the current transaction. False when ``transfer_id`` was already posted."""
@@ -97,8 +107,8 @@ def debit_entries(sink: int, client: User | int, amount: int) -> list[tuple[int,
 
 
 def balance(user: User) -> LedgerAccount:
-    """The client's ledger account: ``balance``, ``held`` and ``available``."""
-    acct = account("client", user)
+    """The client's ledger account: ``balance``, ``held`` and ``available`` (read only)."""
+    acct = existing("client", user)
     db.session.commit()
     return acct
 

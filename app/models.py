@@ -37,10 +37,36 @@ class User(UserMixin, db.Model):
 
     __table_args__ = (CheckConstraint("email = lower(email)", name="email_lowercase"),)
 
+    # The secret of the web session this user was loaded through (see WebSession); Flask-Login keeps it in the
+    # signed cookie in place of the user's id, so ending the session on the server ends the cookie too.
+    session_token = None  # (not a column)
+
+    def get_id(self) -> str | None:
+        return self.session_token
+
     @property
     def roles(self) -> list[str]:
         return [role for role, on in (("client", self.is_client), ("host", self.is_host),
                                       ("admin", self.is_admin)) if on]
+
+
+class WebSession(db.Model):
+    """A signed-in browser. The cookie carries a secret whose SHA-256 is kept here: logging out, changing the
+    password or "log out everywhere" ends it on the server, whatever copy of the cookie is left."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    user_agent: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    ip_address: Mapped[str | None] = mapped_column(INET)
+
+    user: Mapped[User] = relationship()
 
 
 class ApiKey(db.Model):

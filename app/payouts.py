@@ -222,7 +222,7 @@ def transfer_reversed(transfer: dict) -> str:
 
 def summary(user: User) -> Summary:
     """What the host's earnings page shows."""
-    host = ledger.account("host", user)
+    host = ledger.existing("host", user)
     paid, pending = db.session.execute(select(
         func.coalesce(func.sum(Payout.amount - Payout.reversed).filter(Payout.status == "paid"), 0),
         func.coalesce(func.sum(Payout.amount).filter(Payout.status.in_(OPEN)), 0),

@@ -12,6 +12,8 @@ import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from .echo import shown
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_WINDOWS = 28
 _WINDOW = re.compile(r"^\s*(?P<days>[a-z,\-]+)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*$")
@@ -34,7 +36,8 @@ def _days(text: str) -> list[int]:
     for part in text.split(","):
         first, _, last = part.partition("-")
         if first not in DAYS or (last and last not in DAYS):
-            raise ScheduleError(f"{part!r}: days are {', '.join(DAYS)}, as a list (sat,sun) or a range (mon-fri)")
+            raise ScheduleError(f"{shown(part)!r}: days are {', '.join(DAYS)}, as a list (sat,sun) or a range "
+                                "(mon-fri)")
         start, stop = DAYS.index(first), DAYS.index(last or first)
         days.update(DAYS.index(DAYS[(start + i) % 7]) for i in range((stop - start) % 7 + 1))
     return sorted(days)
@@ -48,7 +51,8 @@ def parse(text: str) -> list[dict]:
             continue
         match = _WINDOW.match(line)
         if match is None:
-            raise ScheduleError(f"{line.strip()!r}: write a window as DAYS HH:MM-HH:MM, e.g. mon-fri 22:00-08:00")
+            raise ScheduleError(f"{shown(line.strip())!r}: write a window as DAYS HH:MM-HH:MM, e.g. "
+                                "mon-fri 22:00-08:00")
         start, end = _minutes(match["start"], end=False), _minutes(match["end"], end=True)
         windows.append({"days": _days(match["days"]), "start": start, "end": end})
     if len(windows) > MAX_WINDOWS:
@@ -59,7 +63,7 @@ def parse(text: str) -> list[dict]:
 def timezone(name: str) -> str:
     name = (name or "UTC").strip()
     if name not in available_timezones():
-        raise ScheduleError(f"{name!r} is not a time zone name (e.g. UTC, Europe/Berlin, America/New_York)")
+        raise ScheduleError(f"{shown(name)!r} is not a time zone name (e.g. UTC, Europe/Berlin, America/New_York)")
     return name
 
 

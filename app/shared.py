@@ -12,7 +12,12 @@ import logging
 import time
 from typing import Callable, TypeVar
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Redis is away (down, restarting, loading, or every pooled connection busy too long). Other Redis errors are
+# mistakes in a command, and are raised.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +30,7 @@ def quietly(call: Callable[[], T], default: T, what: str) -> T:
     """``call()``, or ``default`` when Redis fails."""
     try:
         return call()
-    except RedisError as error:
+    except UNAVAILABLE as error:
         _warn(what, error)
         return default
 

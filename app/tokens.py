@@ -19,6 +19,7 @@ API_KEY_PREFIX = "gpsk_"
 INVITE_PREFIX = "gpinv_"
 ENROLLMENT_PREFIX = "gpenr_"
 HOST_TOKEN_PREFIX = "gphost_"
+WEB_SESSION_PREFIX = "gpss_"
 
 
 @dataclass(frozen=True)

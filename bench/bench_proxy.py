@@ -4,7 +4,10 @@ Starts embedded PostgreSQL and Redis in a temporary directory, a fast local
 upstream (bench/upstream.py) registered as a healthy host, and the router as
 in production (gunicorn, 2 gevent workers), then drives both with
 bench/load.py at 1, 16, 64 and 256 concurrent clients. Auth, rate limits,
-holds, routing, metering and settlement are all on. Prints a table and JSON:
+holds, the request journal, routing, metering and settlement are all on, and
+the router meters with tiny-chat's real tokenizer and chat template (built
+once with the engine virtualenv and kept under ~/.cache/gpushare-bench), as
+in production. Failed requests are counted by their HTTP status. Prints a table and JSON:
 requests/s, p50/p99 latency, time to first byte, and the router processes'
 CPU milliseconds per request (user + system, workers and master, less what
 the same processes spend when idle, measured first).
@@ -49,8 +52,20 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} did not answer within {timeout}s")
 
 
+def tokenizer_model() -> Path:
+    """tiny-chat's folder (tokenizer.json and tokenizer_config.json with its chat template), built once."""
+    from hostkit.engine import engine_python, ensure_model
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpushare-bench"
+    return ensure_model("tiny-chat", cache / "models", python=engine_python(), data_dir=cache)
+
+
 def prepare(data_dir: Path, upstreams: list[str]) -> tuple[str, str]:
-    """Migrate, seed, and make a client with a key and credits; returns (database URL, API key)."""
+    """Migrate, seed, and make a client with a key and credits; the router meters with tiny-chat's own
+    tokenizer. Returns (database URL, API key)."""
+    link = data_dir / "tokenizers" / MODEL
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(tokenizer_model(), target_is_directory=True)
     from flask_migrate import upgrade
 
     from app import api_keys, catalog, create_app, ledger
@@ -110,8 +125,11 @@ def summarise(name: str, target: str, concurrency: int, result: dict, cpu_ms: fl
         return values[min(len(values) - 1, int(p * len(values)))] * 1000
 
     done = len(result["latencies"])
+    kinds: dict[str, int] = {}
+    for failure in result["failures"]:
+        kinds[str(failure)] = kinds.get(str(failure), 0) + 1
     return {"scenario": name, "target": target, "concurrency": concurrency, "requests": done,
-            "failed": len(result["failures"]), "rps": round(done / result["elapsed"], 1),
+            "failed": len(result["failures"]), "failures": kinds, "rps": round(done / result["elapsed"], 1),
             "p50_ms": round(pct(lat, .5), 2), "p99_ms": round(pct(lat, .99), 2),
             "ttfb_p50_ms": round(pct(ttft, .5), 2),
             "router_cpu_ms_per_request": None if cpu_ms is None else round(cpu_ms, 3)}
@@ -231,7 +249,8 @@ def print_row(row: dict) -> None:
     cpu = row["router_cpu_ms_per_request"]
     print(f"{row['scenario']:31s} {row['target']:16s} {row['concurrency']:4d} {row['requests']:6d} {row['failed']:4d} "
           f"{row['rps']:8.1f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} {row['ttfb_p50_ms']:8.2f} "
-          f"{'' if cpu is None else f'{cpu:10.3f}'}", flush=True)
+          f"{'' if cpu is None else f'{cpu:10.3f}'}" + (f"  failures: {row['failures']}" if row["failed"] else ""),
+          flush=True)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -38,13 +38,17 @@ def main() -> None:
         start = time.perf_counter()
         try:
             response = http.urlopen("POST", args.url, body=body, headers=headers, preload_content=False)
-            first = None
+            first, tail = None, b""
             for chunk in iter(lambda: response.read1(4096), b""):
                 if first is None:
                     first = time.perf_counter()
+                tail = (tail + chunk)[-512:]
             response.release_conn()
             if response.status != 200:
                 failures.append(response.status)
+                return
+            if args.stream and (b'{"error"' in tail or not tail.rstrip().endswith(b"data: [DONE]")):
+                failures.append("stream error event" if b'{"error"' in tail else "stream without [DONE]")
                 return
             done = time.perf_counter()
             latencies.append(done - start)

@@ -33,6 +33,11 @@ SSH_PORT = 22
 # (they reload their routing tables every ROUTING_REFRESH_SECONDS, 2 by default).
 ROUTING_GRACE_SECONDS = 3
 DRAIN_TIMEOUT_SECONDS = 600
+# An engine that exits or fails to start is started again after a backoff that doubles with each failure in a
+# row, up to the maximum; one that has run this long since its last start counts as healthy again.
+ENGINE_BACKOFF_SECONDS = 5
+ENGINE_MAX_BACKOFF_SECONDS = 300
+ENGINE_STABLE_SECONDS = 300
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 
 
@@ -93,6 +98,10 @@ class ProcessEngine:
     def alive(self) -> bool:
         return self.engine is not None and self.engine.alive()
 
+    def exit_status(self) -> int | None:
+        process = self.engine.process if self.engine else None
+        return process.poll() if process else None
+
     def stop(self) -> None:
         if self.engine is not None:
             self.engine.stop()
@@ -120,6 +129,13 @@ class DockerEngine:
         if done.returncode != 0:
             raise HostkitError(f"docker run {self.image}: {done.stderr.strip()}")
         self.model, self.host, self.port = model, host, port
+        try:
+            self._wait_ready()
+        except BaseException:  # not ready, or the agent is stopping: the container goes
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -139,6 +155,11 @@ class DockerEngine:
         done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self.container],
                               capture_output=True, text=True)
         return done.returncode == 0 and done.stdout.strip() == "true"
+
+    def exit_status(self) -> int | None:
+        done = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", self.container],
+                              capture_output=True, text=True)
+        return int(done.stdout) if done.returncode == 0 and done.stdout.strip().lstrip("-").isdigit() else None
 
     def stop(self) -> None:
         subprocess.run(["docker", "stop", "--time", "30", self.container], capture_output=True)
@@ -166,6 +187,9 @@ class Agent:
         self.error: str | None = None
         self._last_generated: tuple[float, float] | None = None
         self._announced: str | None = None
+        self.engine_failures = 0
+        self.engine_started_at = 0.0
+        self.retry_at = 0.0
 
     # The overlay ---------------------------------------------------------------------------------------------
     def join_overlay(self) -> dict:
@@ -223,7 +247,7 @@ class Agent:
         if running is not None:
             log(f"stopping {running}: " + ("serving " + model if model else "this host should not serve now"))
             self.drain_and_stop()
-        if model is None:
+        if model is None or self.stopping.is_set():  # a stop asked for meanwhile starts nothing
             return
         if self.overlay is None:
             self.overlay = self.join_overlay()
@@ -233,11 +257,31 @@ class Agent:
         try:
             self.engine.start(model, self.overlay["address"], self.overlay["engine_port"])
         except HostkitError as error:
-            self.state, self.error = "failed", str(error)
-            log(str(error))
+            self.engine_failed(str(error))
             return
         self.state, self.error = "running", None
+        self.engine_started_at = time.monotonic()
         log(f"engine ready: {model}")
+
+    def engine_failed(self, why: str) -> None:
+        """The engine exited or would not start: report it, and try again after a backoff."""
+        if time.monotonic() - self.engine_started_at >= ENGINE_STABLE_SECONDS:
+            self.engine_failures = 0
+        self.engine_failures += 1
+        delay = min(ENGINE_MAX_BACKOFF_SECONDS, ENGINE_BACKOFF_SECONDS * 2 ** (self.engine_failures - 1))
+        self.state, self.error = "failed", why
+        self.retry_at = time.monotonic() + delay
+        log(f"{why}; starting it again in {delay:.0f}s")
+
+    def check_engine(self) -> None:
+        """An engine that died is stopped for good (its whole process group, so nothing of it keeps the GPU)
+        and reported; ``follow`` starts it again once its backoff has passed."""
+        if self.engine.model and not self.engine.alive():
+            code = self.engine.exit_status()
+            self.engine.stop()
+            how = "" if code is None else (f" (killed by {signal.Signals(-code).name})" if code < 0
+                                           else f" with status {code}")
+            self.engine_failed(f"the engine exited{how}")
 
     # Heartbeats ----------------------------------------------------------------------------------------------
     def report(self) -> dict:
@@ -245,7 +289,7 @@ class Agent:
                   "models": [self.engine.model] if self.engine.alive() and self.engine.model else [],
                   "overlay": (self.overlay or {}).get("mode")}
         if self.error:
-            report["error"] = self.error
+            report["error"] = self.error[-2000:]  # the end of an engine log says most
         if self.engine.alive():
             metrics = engine_metrics(self.engine.root_url)
             report |= {"queue_depth": int(metrics.get("waiting", 0)), "running": int(metrics.get("running", 0)),
@@ -294,17 +338,28 @@ class Agent:
             if host["status"] == "rejected":
                 log("an admin rejected this host; register it again with a new enrollment key")
                 return 1
-            self.follow(host)
-            if self.engine.model and not self.engine.alive():
-                self.state, self.error = "failed", "the engine exited"
-                log("the engine exited; restarting it")
-                self.engine.stop()
+            self.check_engine()
+            if time.monotonic() >= self.retry_at:
+                self.follow(host)
             host = self.heartbeat_quietly() or host
             self.stopping.wait(self.heartbeat_seconds)
         if self.engine.alive():
             self.drain_and_stop()
             self.heartbeat_quietly()
         return 0
+
+
+class Stopping(BaseException):
+    """SIGINT or SIGTERM while the engine starts: the start is broken off (and what it began stopped), not
+    waited for."""
+
+
+def _stop_handler(agent: Agent):
+    def handler(signum, frame):
+        agent.stopping.set()
+        if agent.state == "starting":
+            raise Stopping()
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         agent = Agent(router, interface=args.interface, engine=engine, heartbeat_seconds=args.heartbeat,
                       authorized_keys=args.authorized_keys)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: agent.stopping.set())
+            signal.signal(sig, _stop_handler(agent))
         return agent.run()
+    except Stopping:
+        log("stopped while the engine was starting")
+        return 0
     except (HostkitError, wireguard.WireGuardError) as error:
         print(f"hostkit agent: {error}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ def test_it_refuses_a_duplicate_email_and_a_weak_password(client, people):
     assert response.status_code == 400
     assert "An account with this e-mail already exists" in response.get_data(as_text=True)
     response = signup(client, password="short", confirm="short")
-    assert response.status_code == 400 and "at least 10" in response.get_data(as_text=True)
+    assert response.status_code == 400 and "at least 12" in response.get_data(as_text=True)
     response = signup(client, confirm="something else entirely")
     assert response.status_code == 400 and "The passwords do not match." in response.get_data(as_text=True)
     assert db.session.scalar(select(db.func.count()).select_from(User)) == 4

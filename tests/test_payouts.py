@@ -299,10 +299,23 @@ def test_it_walks_a_host_through_onboarding_and_shows_the_state(people, auth, cl
     assert finish.status_code == 303
     back = finish.headers["Location"]
     assert back.endswith("/host/payouts/return")
-    assert client.get(re.sub(r"^https?://[^/]+", "", back)).status_code == 302
+    page = client.get(re.sub(r"^https?://[^/]+", "", back))
+    assert page.status_code == 200 and "Asking Stripe how your payout account stands" in page.get_data(as_text=True)
+    # The page asks with a POST (htmx does it by itself on load).
+    check = client.post("/host/payouts/check", data={"csrf_token": auth.token("/host")}, headers={"HX-Request": "true"})
+    assert "Payouts are set up: Stripe can pay you." in check.get_data(as_text=True)
     html = client.get("/host").get_data(as_text=True)
     assert "Ready" in html
     assert payouts.payout_account(people.bob).payouts_enabled
+
+
+def test_an_expired_onboarding_link_asks_before_making_anything(people, auth, client, standin):
+    auth.login(people.bob)
+    page = client.get("/host/payouts/refresh")
+    assert page.status_code == 200 and "Continue to Stripe" in page.get_data(as_text=True)
+    assert standin.accounts == {} and payouts.payout_account(people.bob) is None
+    response = client.post("/host/payouts/setup", data={"csrf_token": auth.token("/host")})
+    assert response.status_code == 303 and len(standin.accounts) == 1
 
 
 def test_it_shows_failed_payouts_to_the_host_and_the_admin(people, auth, client, standin):

@@ -15,6 +15,10 @@ because it died, the janitor:
 
 After an orderly stop it finds nothing and says nothing.
 
+While it waits, it notes every few seconds the process groups the run's
+processes are in: a process that rewrote its environment (a server that
+sets its title does) is still found through its group when its leader died.
+
     python -m app.dev.janitor --run-id ID --data-dir DIR [--grace 30] [--netns NAME --veth NAME]
         [--link NAME ...] [--nft-table NAME ...]
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +36,7 @@ import psutil
 
 RUN_MARKER = "GPUSHARE_RUN_ID"
 DATABASE_SERVERS = ("postgres", "redis-server")
+NOTE_GROUPS_SECONDS = 3
 
 
 def _say(message: str) -> None:
@@ -80,10 +86,37 @@ def _end(processes: list[psutil.Process], first: int, grace: float) -> None:
     psutil.wait_procs(alive, timeout=10)
 
 
-def sweep(run_id: str, data_dir: Path, since: float, grace: float, spare: tuple[int, ...] = ()) -> list[str]:
-    """Stop every process of the run but ``spare``, then the embedded servers it started, gently. Returns what
-    was found."""
-    found = [p for p in marked(run_id, spare) if _name(p) not in DATABASE_SERVERS]
+def groups_of(processes: list[psutil.Process]) -> set[int]:
+    groups = set()
+    for process in processes:
+        try:
+            groups.add(os.getpgid(process.pid))
+        except OSError:
+            continue
+    return groups
+
+
+def in_groups(groups: set[int], spare: tuple[int, ...]) -> list[psutil.Process]:
+    """Live processes of the given process groups, this one and ``spare`` excepted."""
+    found = []
+    for process in psutil.process_iter(["pid", "status"]):
+        if process.pid in (os.getpid(), *spare) or process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if os.getpgid(process.pid) in groups:
+                found.append(process)
+        except OSError:
+            continue
+    return found
+
+
+def sweep(run_id: str, data_dir: Path, since: float, grace: float, spare: tuple[int, ...] = (),
+          groups: set[int] = frozenset()) -> list[str]:
+    """Stop every process of the run but ``spare`` (those it marks and those of the groups seen), then the
+    embedded servers it started, gently. Returns what was found."""
+    found = {p.pid: p for p in [*marked(run_id, spare), *in_groups(set(groups), spare)]
+             if _name(p) not in DATABASE_SERVERS}
+    found = list(found.values())
     _end(found, signal.SIGTERM, grace)
     described = [_describe(p) for p in found]
     # Redis saves on SIGTERM; SIGINT to the postmaster is PostgreSQL's fast shutdown (its backends follow).
@@ -140,9 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)  # only the pipe's end ends the watch
     serve = os.getppid()  # it may carry the marker itself; alive at the end, it is finishing its own stop
     since = psutil.Process().create_time()
-    while sys.stdin.buffer.read(4096):
-        pass
-    left = sweep(args.run_id, args.data_dir.resolve(), since, args.grace, spare=(serve,))
+    # Groups never to sweep: this one's, and serve's (a terminal's foreground group, with make in it).
+    ours = {os.getpgid(0), os.getpgid(serve)}
+    groups: set[int] = set()
+    while True:
+        readable, _, _ = select.select([sys.stdin], [], [], NOTE_GROUPS_SECONDS)
+        if readable and not os.read(sys.stdin.fileno(), 4096):
+            break
+        groups |= groups_of(marked(args.run_id, (serve,))) - ours
+    left = sweep(args.run_id, args.data_dir.resolve(), since, args.grace, spare=(serve,), groups=groups)
     left += remove_network(args.netns, args.veth, args.link, args.nft_table)
     if left:
         _say("removed what the platform left behind: " + "; ".join(left))

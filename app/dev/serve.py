@@ -304,19 +304,25 @@ class Platform:
             self.supervisor.sleep(1)
 
     def stop(self) -> None:
-        """Stop every child in order, then the demo machine, the hub's interface and the embedded servers."""
+        """Stop every child in order, then the demo machine, the hub's interface and the embedded servers. Each
+        step runs whatever the one before it met (a database restarted under us, say)."""
         from app.extensions import db
 
-        self.supervisor.stop()
+        steps = [self.supervisor.stop]
         if self.demo_network:
-            demo_network.remove(self.instance.demo_namespace, self.instance.demo_veth)
+            steps.append(lambda: demo_network.remove(self.instance.demo_namespace, self.instance.demo_veth))
         if self.wireguard:
-            _remove_hub(self.app.config["OVERLAY_INTERFACE"])
-        db.session.remove()  # this process's own connections go before the server they point at
-        db.engine.dispose()
+            steps.append(lambda: _remove_hub(self.app.config["OVERLAY_INTERFACE"]))
+        # This process's own connections go before the server they point at.
+        steps += [db.session.remove, db.engine.dispose]
         services = self.app.extensions.get("embedded")
         if services is not None:
-            services.stop()
+            steps.append(services.stop)
+        for step in steps:
+            try:
+                step()
+            except Exception as error:  # the rest must still run; the janitor sweeps after us anyway
+                click.echo(f"While stopping: {type(error).__name__}: {str(error).splitlines()[0][:200]}", err=True)
 
 
 def _remove_hub(interface: str) -> None:

@@ -3,14 +3,26 @@
 Register a machine; read its own state; fetch its overlay configuration; send
 heartbeats (the answer carries what the dashboard asks of it); go up or down;
 choose the models it offers and its weekly schedule.
+
+Every body is strict JSON (no NaN, no nesting deeper than orjson's limit, at
+most ``MAX_BODY_BYTES``) checked against its schema in ``schemas.py`` before
+any service sees it; a refusal is JSON ``{"error": ...}`` with a 4xx.
 """
 from __future__ import annotations
 
+import orjson
 from flask import Blueprint, g, jsonify, request
+from jsonschema import Draft202012Validator
 
 from .. import hosts, overlay_hub, schedule
+from ..echo import shown
+from . import schemas
 
 bp = Blueprint("hostapi", __name__, url_prefix="/api/hosts")
+
+MAX_BODY_BYTES = 256 * 1024
+VALIDATORS = {name: Draft202012Validator(getattr(schemas, name)) for name in (
+    "REGISTRATION", "HEARTBEAT", "AVAILABILITY", "MODEL_CHOICE", "SCHEDULE")}
 
 
 @bp.errorhandler(hosts.HostError)
@@ -18,11 +30,50 @@ def host_error(error: hosts.HostError):
     return jsonify(error=str(error)), error.status
 
 
-def _json_body() -> dict:
-    body = request.get_json(silent=True)
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _json_body(schema: str) -> dict:
+    """The request's JSON object, valid against ``schemas.<schema>``; else a HostError that says why."""
+    return _valid(_parsed_body(), schema)
+
+
+def _parsed_body() -> dict:
+    raw = request.get_data(cache=False)
+    if len(raw) > MAX_BODY_BYTES:
+        raise hosts.HostError(f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB", status=413)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise hosts.HostError(f"the request body is not valid JSON: {shown(str(error), 120)}") from None
     if not isinstance(body, dict):
         raise hosts.HostError("the request body must be a JSON object")
+    if _has_nul(body):
+        raise hosts.HostError("the request body holds a NUL character, which no field may contain")
     return body
+
+
+def _valid(body: dict, schema: str) -> dict:
+    error = next(VALIDATORS[schema].iter_errors(body), None)
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the body"
+        raise hosts.HostError(f"{where}: {shown(error.message, 200)}")
+    return body
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """This API's OpenAPI document."""
+    from .openapi import document
+
+    return document()
 
 
 def _host_state(host) -> dict:
@@ -35,18 +86,16 @@ def _host_state(host) -> dict:
             "models": [offer.model.hf_id for offer in host.offers if offer.enabled]}
 
 
-REGISTRATION_FIELDS = {"enrollment_key", "public_key", "name", "engine_port", "hardware", "ssh_host_key"}
+ENGINE_ADDRESS_FIELDS = {"api_base", "engine_address", "engine_url"}
 
 
 @bp.post("/register")
 def register():
-    body = _json_body()
-    if {"api_base", "engine_address", "engine_url"} & body.keys():
+    body = _parsed_body()
+    if ENGINE_ADDRESS_FIELDS & body.keys():
         raise hosts.HostError("the router dials a host's engine only at the overlay address it assigns at approval; "
                               "a registration cannot name an engine address")
-    if unknown := sorted(body.keys() - REGISTRATION_FIELDS):
-        raise hosts.HostError(f"unknown field {unknown[0]!r}: a registration has "
-                              f"{', '.join(sorted(REGISTRATION_FIELDS))}")
+    _valid(body, "REGISTRATION")
     host, token = hosts.register(body.get("enrollment_key"), public_key=body.get("public_key"),
                                  name=body.get("name"), engine_port=body.get("engine_port"),
                                  hardware=body.get("hardware", {}), ssh_host_key=body.get("ssh_host_key"))
@@ -69,7 +118,8 @@ def me():
 
 @bp.post("/heartbeat")
 def heartbeat():
-    host = hosts.record_heartbeat(_authenticated(), _json_body())
+    host = _authenticated()
+    host = hosts.record_heartbeat(host, _json_body("HEARTBEAT"))
     return jsonify(host=_host_state(host))
 
 
@@ -84,7 +134,8 @@ def overlay():
 
 @bp.post("/availability")
 def availability():
-    host = hosts.set_available(_authenticated(), _json_body().get("available"))
+    host = _authenticated()
+    host = hosts.set_available(host, _json_body("AVAILABILITY")["available"])
     return jsonify(host=_host_state(host))
 
 
@@ -99,20 +150,14 @@ def models():
 @bp.post("/models")
 def set_model():
     host = _authenticated()
-    body = _json_body()
-    enabled = body.get("enabled")
-    if not isinstance(enabled, bool):
-        raise hosts.HostError("enabled must be true or false")
-    hosts.set_model(host.owner, host, body.get("model"), enabled)
+    body = _json_body("MODEL_CHOICE")
+    hosts.set_model(host.owner, host, body["model"], body["enabled"])
     return jsonify(host=_host_state(host))
 
 
 @bp.put("/schedule")
 def set_schedule():
     host = _authenticated()
-    body = _json_body()
-    windows = body.get("schedule", "")
-    if not isinstance(windows, str):
-        raise hosts.HostError("schedule must be text: one window per line, e.g. mon-fri 22:00-08:00")
-    hosts.set_schedule(host.owner, host, windows, body.get("timezone") or host.timezone)
+    body = _json_body("SCHEDULE")
+    hosts.set_schedule(host.owner, host, body["schedule"], body.get("timezone") or host.timezone)
     return jsonify(host=_host_state(host))

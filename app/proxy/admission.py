@@ -9,6 +9,7 @@ from __future__ import annotations
 import orjson
 from dataclasses import dataclass
 
+from ..echo import shown
 from .errors import ApiError
 
 COMMON_PARAMETERS = {
@@ -30,17 +31,12 @@ ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 256
 MAX_PROMPTS = 64
+MAX_MODEL_NAME = 256
+MAX_TOOLS = 128  # OpenAI's own limit
+MAX_TOOL_BYTES = 64 * 1024  # one tool's definition, as JSON
+MAX_TOOL_NAME = 64
+MAX_LOGIT_BIAS = 300
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # as OpenAI's legacy completions endpoint
-
-
-SHOWN_CHARACTERS = 80
-
-
-def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
-    """A client's (or host's) text as an error message may repeat it: printable, and at most ``limit``
-    characters; never a whole huge input."""
-    cleaned = "".join(c if c.isprintable() else "\ufffd" for c in text[:limit])
-    return cleaned + ("…" if len(text) > limit else "")
 
 
 @dataclass
@@ -111,6 +107,29 @@ def _check_messages(messages, max_messages: int) -> None:
                        f"messages[{i}].content", "invalid_type")
 
 
+def _check_tools(tools) -> None:
+    """At most ``MAX_TOOLS`` function tools, each a bounded definition with a plain name."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _bad("'tools' must be an array of tools.", "tools", "invalid_type")
+    if len(tools) > MAX_TOOLS:
+        raise _bad(f"'tools' has {len(tools)} items; at most {MAX_TOOLS} are allowed.", "tools",
+                   "array_above_max_length")
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type") != "function":
+            raise _bad(f"'tools[{i}]' must be an object with type 'function' and a 'function'.", f"tools[{i}]",
+                       "invalid_value")
+        name = function.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_TOOL_NAME or not all(
+                c.isascii() and (c.isalnum() or c in "_-") for c in name):
+            raise _bad(f"'tools[{i}].function.name' must be 1 to {MAX_TOOL_NAME} letters, digits, '_' or '-'.",
+                       f"tools[{i}].function.name", "invalid_value")
+        if len(orjson.dumps(tool)) > MAX_TOOL_BYTES:
+            raise _bad(f"'tools[{i}]' is larger than {MAX_TOOL_BYTES // 1024} KiB.", f"tools[{i}]", "invalid_value")
+
+
 def _check_prompt(prompt) -> None:
     if isinstance(prompt, str):
         return
@@ -141,6 +160,13 @@ def parse(raw: bytes, endpoint: str, *, max_messages: int, max_choices: int) -> 
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("You must provide a model parameter.", "model", "missing_required_parameter")
+    if len(model) > MAX_MODEL_NAME:
+        raise _bad(f"'model' is longer than {MAX_MODEL_NAME} characters: '{shown(model)}'.", "model", "invalid_value")
+    _check_tools(body.get("tools"))
+    bias = body.get("logit_bias")
+    if bias is not None and (not isinstance(bias, dict) or len(bias) > MAX_LOGIT_BIAS):
+        raise _bad(f"'logit_bias' must be an object of at most {MAX_LOGIT_BIAS} token ids.", "logit_bias",
+                   "invalid_value")
     if endpoint == "chat":
         _check_messages(body.get("messages"), max_messages)
     else:

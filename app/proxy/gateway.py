@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import pricing
 from ..api_keys import KeyInfo
+from ..echo import shown
 from ..extensions import db
 from ..shared import quietly
 from . import admission, normalise
@@ -278,7 +279,7 @@ def admit(endpoint: str) -> Call:
                           max_choices=gw.max_choices)
     offer = gw.routing.model(req.model)
     if offer is None:
-        raise ApiError(404, f"The model '{admission.shown(req.model)}' does not exist or you do not have access to "
+        raise ApiError(404, f"The model '{shown(req.model)}' does not exist or you do not have access to "
                             "it.", param="model", code="model_not_found")
     if not key.allows(offer.hf_id):
         raise ApiError(403, f"This API key is not allowed to use the model '{offer.hf_id}'.", param="model",
@@ -378,7 +379,7 @@ def _host_message(body: bytes) -> str:
             message = orjson.loads(body)["message"]
         except (ValueError, KeyError, TypeError):
             message = "The host refused the request."
-    return admission.shown(str(message), 500)
+    return shown(str(message), 500)
 
 
 def _count(call: Call, texts: list[str]) -> int:

@@ -7,7 +7,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import api_keys
 from ..catalog import format_usd
 from ..extensions import db
-from .admission import shown
+from ..echo import shown
+from . import openapi as openapi_document
 from .errors import ApiError, openai_error
 from .gateway import DatabaseUnavailable, complete, gateway, unavailable
 from .routing import RoutingUnavailable
@@ -32,8 +33,16 @@ def handle_database_away(error):
     return handle_api_error(unavailable())
 
 
+@bp.get("/openapi.json")
+def openapi():
+    """This API's OpenAPI document (public, like OpenAI's own)."""
+    return openapi_document.document()
+
+
 @bp.before_request
 def authenticate_key():
+    if request.endpoint == "proxy.openapi":
+        return
     header = request.headers.get("Authorization", "")
     scheme, _, secret = header.partition(" ")
     if not header:

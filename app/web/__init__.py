@@ -3,17 +3,25 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Flask, abort, flash, render_template, request
+from flask import Flask, abort, flash, g, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
+from werkzeug.routing import IntegerConverter
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from .. import accounts
 from ..catalog import format_usd
 from ..extensions import db, login_manager
 from ..models import User
 from ..proxy.errors import openai_error
+
+
+# Everything from this site, nothing inline: no script or style in the page itself, no frames, no plugins.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
+                           "frame-ancestors 'none'")
 
 
 def role_required(role: str):
@@ -30,12 +38,53 @@ def role_required(role: str):
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+def load_user(session_token: str) -> User | None:
+    """The user of the web session whose secret the signed cookie holds (see ``accounts.session_user``)."""
+    if g.get("database_away"):  # rendering the error page for a database that is away
+        return None
+    try:
+        return accounts.session_user(session_token)
+    except (OperationalError, PoolTimeout):
+        g.service_away = True
+        raise
+
+
+MAX_ID = 2**31 - 1  # every id in the database is a PostgreSQL integer
+MAX_PAGE = 100_000
+
+
+class IdConverter(IntegerConverter):
+    """``<int:...>`` in every URL: a positive id that fits the database; anything else is no such page (404)."""
+
+    def __init__(self, url_map, **kwargs):
+        kwargs.setdefault("min", 1)
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(url_map, **kwargs)
+
+
+def page_number() -> int:
+    """``?page=`` of a paged list: 1 when absent; a page that cannot exist is a 404."""
+    raw = request.args.get("page", "1")
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw[:7]) <= MAX_PAGE:
+        abort(404)
+    return int(raw)
+
+
+def _refuse_nul_bytes() -> None:
+    """A NUL byte in a form field or query parameter is never meant: refuse it before any service sees it (the
+    database would refuse it anyway, later and less kindly)."""
+    if request.path.startswith("/v1/"):
+        return  # the API's own parser answers in OpenAI's format
+    values = [*request.args.values(), *(request.form.values() if request.method == "POST" else ())]
+    if any("\x00" in value for value in values):
+        abort(400, "The request contained a character that is not allowed (a NUL byte).")
 
 
 def register_web(app: Flask) -> None:
     from . import admin, auth, billing, hosts, keys, pages, usage
+
+    app.url_map.converters["int"] = IdConverter
+    app.before_request(_refuse_nul_bytes)
 
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Log in to see that page."
@@ -51,11 +100,15 @@ def register_web(app: Flask) -> None:
     app.add_template_filter(lambda dt: dt.strftime("%Y-%m-%d %H:%M UTC") if dt else "never", "when")
 
     @app.after_request
-    def vary_on_htmx(response):
+    def security_headers(response):
         response.vary.add("HX-Request")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        if request.endpoint != "static":
+            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+            # Pages show balances, keys, invites and tokens: no copy of any of them stays in a cache.
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.errorhandler(CSRFError)
@@ -71,6 +124,7 @@ def register_web(app: Flask) -> None:
         """PostgreSQL or Redis is away: a page that says so, not a stack trace."""
         app.logger.warning("%s %s: a backing service is unavailable: %s", request.method, request.path,
                            type(error).__name__)
+        g.service_away = True
         try:
             db.session.rollback()
         except Exception:  # the connection is gone with the server
@@ -80,6 +134,7 @@ def register_web(app: Flask) -> None:
         return response
 
     for code, title, message in (
+        (400, "Bad request", "The request could not be understood."),
         (403, "Not allowed", "Your account cannot use this page."),
         (404, "Not found", "There is nothing here. It may have been removed, or the link is wrong."),
         (405, "Method not allowed", "This page does not accept that kind of request."),
@@ -90,15 +145,24 @@ def register_web(app: Flask) -> None:
 
 
 def _error_page(code: int, title: str, message: str):
-    """An error in the caller's format: OpenAI's error object under /v1, JSON under /api, a page elsewhere."""
+    """An error in the caller's format: OpenAI's error object under /v1, JSON under /api, a page elsewhere. An
+    ``abort(code, description)`` of ours says its own words."""
     def handler(error):
         headers = {"Retry-After": "5"} if code == 503 else {}
+        said = getattr(error, "description", None)
+        text = said if isinstance(said, str) and said and not said.startswith(DEFAULT_DESCRIPTIONS) else message
         if request.path.startswith("/v1/"):
-            return openai_error(code, message, headers=headers)
+            return openai_error(code, text, headers=headers)
         if request.path.startswith("/api/"):
-            return {"error": message}, code, headers
-        return render_template("error.html", code=code, title=title, message=message), code, headers
+            return {"error": text}, code, headers
+        return render_template("error.html", code=code, title=title, message=text), code, headers
     return handler
+
+
+# werkzeug's own descriptions (what every abort without words carries): our pages say theirs instead.
+DEFAULT_DESCRIPTIONS = ("The browser (or proxy) sent a request", "You don't have the permission",
+                        "The requested URL was not found", "The method is not allowed", "The data value transmitted",
+                        "The server encountered an internal error", "The server is temporarily unable")
 
 
 def flash_error(message: str) -> None:

@@ -11,7 +11,7 @@ from .. import accounts, billing, catalog, diagnostics, ledger, money, payouts
 from .. import hosts as host_service
 from ..extensions import db
 from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, Payout, User
-from . import flash_error, role_required
+from . import flash_error, page_number, role_required
 from .forms import ActionForm, CatalogModelForm, GrantForm, InviteForm
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -126,7 +126,7 @@ def credits():
 
 @bp.get("/audit")
 def audit_log():
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_number()
     events = db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())
                                 .offset((page - 1) * AUDIT_PAGE_SIZE).limit(AUDIT_PAGE_SIZE + 1)).all()
     return render_template("admin/audit.html", events=events[:AUDIT_PAGE_SIZE], page=page,

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
-from flask_wtf import FlaskForm
 from wtforms import IntegerField
 from wtforms.validators import InputRequired
 
 from .. import billing, ledger, payouts, usage
 from ..extensions import csrf
 from . import role_required
+from .forms import Form
 
 bp = Blueprint("billing", __name__, url_prefix="/billing")
 webhook_bp = Blueprint("stripe_webhook", __name__)
 
 
-class BuyForm(FlaskForm):
+class BuyForm(Form):
     dollars = IntegerField("Amount (USD)", validators=[InputRequired("Choose an amount.")])
 
 

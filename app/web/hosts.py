@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import StringField, TextAreaField
 from wtforms.validators import Length
@@ -13,7 +12,7 @@ from .. import payouts, schedule
 from ..extensions import db
 from ..models import Host, utcnow
 from . import role_required
-from .forms import ActionForm
+from .forms import ActionForm, Form
 
 bp = Blueprint("hosts", __name__, url_prefix="/host")
 
@@ -21,7 +20,7 @@ POLL_SECONDS = 5
 STOP_POLLING = 286  # htmx stops a poll that gets this status; a rejected host never changes again
 
 
-class ScheduleForm(FlaskForm):
+class ScheduleForm(Form):
     schedule = TextAreaField("Serving windows, one per line (empty: always)", validators=[Length(max=2000)],
                              render_kw={"rows": 3, "placeholder": "mon-fri 22:00-08:00\nsat,sun 00:00-24:00"})
     timezone = StringField("Time zone", validators=[Length(max=64)], render_kw={"placeholder": "UTC"})
@@ -209,15 +208,26 @@ def payouts_threshold():
 @bp.get("/payouts/refresh")
 @role_required("host")
 def payouts_refresh():
-    """Stripe's link expired or was used: make a new one."""
-    return _onboarding_redirect()
+    """Stripe's link expired or was used (Stripe sends the browser here with a GET): a button to go on, since a
+    GET never makes anything."""
+    return render_template("hosts/payouts_refresh.html", action_form=ActionForm())
 
 
 @bp.get("/payouts/return")
 @role_required("host")
 def payouts_return():
-    """Back from Stripe's onboarding: read the account's state (the redirect itself proves nothing)."""
+    """Back from Stripe's onboarding (a GET, which changes nothing): the page asks for the account's state with
+    a POST, by itself with htmx or with its button."""
+    return render_template("hosts/payouts_return.html", action_form=ActionForm())
+
+
+@bp.post("/payouts/check")
+@role_required("host")
+def payouts_check():
+    """Read the payout account's state back from Stripe (the redirect from Stripe proves nothing)."""
     account = payouts.refresh_account(current_user)
+    if request.htmx:
+        return render_template("hosts/_payout_check.html", account=account)
     if account is not None and account.payouts_enabled:
         flash("Payouts are set up.", "success")
     elif account is not None:

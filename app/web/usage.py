@@ -5,7 +5,7 @@ from flask import Blueprint, render_template, request
 from flask_login import current_user
 
 from .. import ledger, usage
-from . import role_required
+from . import page_number, role_required
 
 bp = Blueprint("usage", __name__, url_prefix="/usage")
 
@@ -13,7 +13,7 @@ bp = Blueprint("usage", __name__, url_prefix="/usage")
 @bp.get("")
 @role_required("client")
 def index():
-    page = max(request.args.get("page", 1, type=int), 1)
+    page = page_number()
     rows, more = usage.recent(current_user, page)
     if request.htmx:
         return render_template("usage/_requests.html", rows=rows, page=page, more=more)
