@@ -22,6 +22,7 @@ import psutil
 import pytest
 import redis
 from sqlalchemy import select, text
+from sqlalchemy.pool import NullPool
 
 from app import create_app, ledger
 from app.config import normalise_database_url
@@ -135,9 +136,11 @@ class World:
         demo = read_env_file(platform.data_dir / "demo.env")
         self.key, self.demo = demo["OPENAI_API_KEY"], demo
         database = EmbeddedPostgres(platform.data_dir / "postgres").start()  # the running server, not ours
+        # No pool: the server is stopped and started under these tests, and a pooled connection would outlive it.
         self.app = create_app({"TESTING": True, "GPUSHARE_ENV": "test", "GPUSHARE_DATA_DIR": str(tmp),
                                "SECRET_KEY": "fault-tests-secret-key-long-enough-for-it",
                                "SQLALCHEMY_DATABASE_URI": normalise_database_url(database),
+                               "SQLALCHEMY_ENGINE_OPTIONS": {"poolclass": NullPool},
                                "REDIS_URL": f"unix://{platform.data_dir / 'redis' / 'redis.sock'}"})
         self.meter = Meter(platform.data_dir / "tokenizers")
 
@@ -164,7 +167,6 @@ class World:
                     return db.session.execute(statement, params).all()
                 except Exception:
                     db.session.rollback()
-                    db.engine.dispose()
                     if attempt == 29:
                         raise
             time.sleep(1)
@@ -207,7 +209,13 @@ class World:
                 continue
             assert record is not None, f"no usage record for {outcome}"
             expected = self.tokens(outcome.text) + (outcome.kind == "answer" and outcome.finish_reason == "stop")
-            assert record.completion_tokens == expected, (outcome, record)
+            if record.status == "router_died":
+                # Settled from the journal of a process killed mid-stream: every token the client received is
+                # billed; the piece the process was sending as it died may be billed too, never more than the
+                # request could have generated.
+                assert expected <= record.completion_tokens <= MAX_TOKENS, (outcome, record)
+            else:
+                assert record.completion_tokens == expected, (outcome, record)
             # Recorded as ok only if the client received the whole answer.
             assert (record.status == "ok") == (outcome.kind == "answer"), (outcome, record)
         refused = [o for o in outcomes if o.kind == "http_error" and o.request_id]
@@ -222,10 +230,14 @@ def world(tmp_path_factory):
     platform = Platform(tmp / "data", free_port(), WEB_CONCURRENCY="2", HEALTH_CHECK_SECONDS="2",
                         HEALTH_FAILURES_TO_UNHEALTHY="1", ROUTING_REFRESH_SECONDS="1", STRIPE_STANDIN="0",
                         RATE_LIMIT_REQUESTS_PER_MINUTE="100000")
+    world = None
     try:
         platform.wait_for_banner()
-        yield World(platform, tmp)
+        world = World(platform, tmp)
+        yield world
     finally:
+        if world is not None:
+            world.app.extensions["redis"].close()
         code = platform.ctrl_c()
         assert code == 0, platform.final[-4000:]
         assert platform.leftovers() == []

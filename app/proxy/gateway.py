@@ -60,9 +60,10 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL could not be reached (down, restarting, or every connection busy for too long)."""
 
 
-def unavailable(what: str = "The service") -> ApiError:
-    return ApiError(503, f"{what} is briefly unavailable. Try again in a few seconds.", code="service_unavailable",
-                    headers={"Retry-After": UNAVAILABLE_RETRY_AFTER})
+def unavailable() -> ApiError:
+    """The answer while PostgreSQL is away: retry shortly."""
+    return ApiError(503, "The service is briefly unavailable. Try again in a few seconds.",
+                    code="service_unavailable", headers={"Retry-After": UNAVAILABLE_RETRY_AFTER})
 
 
 class Gateway:
@@ -447,11 +448,13 @@ def _stream(call: Call, first: bytes, events):
                         call.entry.ended_on_eos(index)
                 chunk, texts = build(upstream, response_id=call.response_id, created=call.created,
                                      model=call.offer.hf_id)
+                # Into the journal first: if this process dies while it sends, what the client got is billed (a
+                # piece it never got, at most, too). Counted here once the client took it.
+                for index, text in texts:
+                    call.entry.delivered(index, text)
                 yield _sse(chunk)
-                # Sent: the client has it, so it is owed, whatever happens to this process next.
                 for index, text in texts:
                     delivered.setdefault(index, []).append(text)
-                    call.entry.delivered(index, text)
             if time.monotonic() > call.deadline:
                 raise _PastDeadline()
             try:

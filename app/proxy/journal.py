@@ -2,8 +2,10 @@
 
 Every request that places a hold gets a file in the spool directory
 (``USAGE_SPOOL_DIR``, local to the machine) before the hold is placed. While
-a stream is delivered, each piece of text the client was sent is appended.
-When the request is settled the file is removed. Two things can stop that:
+a stream is delivered, each piece of text is appended just before it is sent
+(so every token a client received is in it; a process killed mid-send bills
+the piece it was sending, at most). When the request is settled the file is
+removed. Two things can stop that:
 
 - **The database is away at the end.** The settlement (every argument of
   ``gs_finish``) is appended and synced, the client still gets its whole
@@ -11,9 +13,9 @@ When the request is settled the file is removed. Two things can stop that:
   idempotent by request id).
 - **The process dies** (a worker killed mid-stream). Its files stay; any
   process on the machine that drains the spool sees that the writer is gone
-  and settles each request from what it recorded: the text the client was
-  sent is counted with the model's tokenizer and charged, and a request that
-  delivered nothing has its hold released.
+  and settles each request from what it recorded: the text sent to the
+  client is counted with the model's tokenizer and charged, and a request
+  that sent nothing has its hold released.
 
 ``drain`` runs in every router process every ``DRAIN_SECONDS`` and in the
 sweeper job, so a dead process's holds are settled within seconds and the
@@ -83,8 +85,15 @@ class Entry:
         self._write({**header, "pid": me.pid, "pid_started": me.started})
 
     def _write(self, record) -> None:
-        if self._fd is not None:
+        """Append one line. A write that fails (a full disk) stops this entry's writes, never the request: the
+        journal is a safety net, and the request still settles the ordinary way."""
+        if self._fd is None:
+            return
+        try:
             os.write(self._fd, orjson.dumps(record) + b"\n")
+        except OSError as error:
+            log.warning("the request journal %s cannot be written (%s); going on without it", self.path, error)
+            self.close()
 
     def host(self, host_id: int) -> None:
         """The host the request went to (the last one named is the one that served it)."""
@@ -99,10 +108,15 @@ class Entry:
         self._write({"eos": index})
 
     def spool(self, settlement: dict) -> None:
-        """The settlement, kept on disk (synced) until the database takes it."""
+        """The settlement, kept on disk (the file and its directory synced) until the database takes it."""
         self._write({"settle": settlement})
         if self._fd is not None:
             os.fsync(self._fd)
+            directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         self.close()
 
     def release(self) -> None:

@@ -6,17 +6,16 @@ from functools import wraps
 from flask import Flask, abort, flash, g, render_template, request
 from flask_login import current_user, login_required
 from flask_wtf.csrf import CSRFError
-from werkzeug.routing import IntegerConverter
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.routing import IntegerConverter
 
 from .. import accounts
 from ..catalog import format_usd
 from ..extensions import db, login_manager
 from ..models import User
 from ..proxy.errors import openai_error
-
 
 # Everything from this site, nothing inline: no script or style in the page itself, no frames, no plugins.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -40,7 +39,7 @@ def role_required(role: str):
 @login_manager.user_loader
 def load_user(session_token: str) -> User | None:
     """The user of the web session whose secret the signed cookie holds (see ``accounts.session_user``)."""
-    if g.get("database_away"):  # rendering the error page for a database that is away
+    if g.get("service_away"):  # rendering the error page for a database that is away
         return None
     try:
         return accounts.session_user(session_token)
@@ -65,7 +64,7 @@ class IdConverter(IntegerConverter):
 def page_number() -> int:
     """``?page=`` of a paged list: 1 when absent; a page that cannot exist is a 404."""
     raw = request.args.get("page", "1")
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw[:7]) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7 and 1 <= int(raw) <= MAX_PAGE):
         abort(404)
     return int(raw)
 
@@ -129,9 +128,8 @@ def register_web(app: Flask) -> None:
             db.session.rollback()
         except Exception:  # the connection is gone with the server
             pass
-        response = _error_page(503, "Briefly unavailable", "A service this page needs is unavailable. "
-                                                           "Try again in a few seconds.")(error)
-        return response
+        return _error_page(503, "Briefly unavailable", "A service this page needs is unavailable. "
+                                                       "Try again in a few seconds.")(error)
 
     for code, title, message in (
         (400, "Bad request", "The request could not be understood."),
