@@ -6,8 +6,9 @@ a host or be honoured.
 """
 from __future__ import annotations
 
-import orjson
 from dataclasses import dataclass
+
+import orjson
 
 from ..echo import shown
 from .errors import ApiError

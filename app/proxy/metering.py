@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import datetime
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from jinja2.exceptions import TemplateError

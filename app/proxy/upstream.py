@@ -6,9 +6,9 @@ the first event of a stream) and a between-chunks timeout after that.
 """
 from __future__ import annotations
 
-import orjson
 import socket
 
+import orjson
 import urllib3
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 

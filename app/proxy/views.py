@@ -6,8 +6,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import api_keys
 from ..catalog import format_usd
-from ..extensions import db
 from ..echo import shown
+from ..extensions import db
 from . import openapi as openapi_document
 from .errors import ApiError, openai_error
 from .gateway import DatabaseUnavailable, complete, gateway, unavailable

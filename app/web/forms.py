@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import (BooleanField, HiddenField, IntegerField, PasswordField, SelectMultipleField, StringField,
-                     TextAreaField, URLField)
+from wtforms import (
+    BooleanField,
+    HiddenField,
+    IntegerField,
+    PasswordField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+    URLField,
+)
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange, Optional
 
 from ..accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-
 
 ECHO_LIMIT = 200  # a refused value longer than this (or than its field allows) is not shown back
 FIELD_LIMIT = 10_000  # no field takes more, whatever its own validators say
