@@ -1,18 +1,16 @@
 """The model catalog: what clients may call, its license, and its price band.
 
-Prices are integer micro-units (millionths of a US dollar) per million tokens.
+Prices are integer micro-USD per million tokens (``money.units``).
 """
 from __future__ import annotations
-
-from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import select
 
 from . import audit
 from .extensions import db
 from .models import CatalogModel, User
+from .money.units import usd
 
-MICRO = 1_000_000
 TINY_TEST_MODEL = "gpushare/tiny-chat"
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -25,38 +23,6 @@ EDITABLE_FIELDS = (
 
 class CatalogError(ValueError):
     """A catalog change that cannot be made; the message is for the admin."""
-
-
-MAX_USD = 1_000_000_000  # no amount anyone types is larger; the ledger's integers hold far more
-
-
-def usd(amount: str) -> int:
-    """``"0.15"`` -> 150000 micro-units. Refuses negatives, sub-micro precision and absurd sizes."""
-    text = str(amount).strip().lstrip("$").replace(",", "")
-    shown = repr(text[:24] + ("…" if len(text) > 24 else ""))
-    try:
-        value = Decimal(text) if len(text) <= 40 else Decimal("NaN")
-    except InvalidOperation:
-        raise CatalogError(f"{shown} is not an amount in dollars, such as 0.15") from None
-    if not value.is_finite():
-        raise CatalogError(f"{shown} is not an amount in dollars, such as 0.15")
-    if value < 0:
-        raise CatalogError(f"{shown} must be zero or more")
-    if value > MAX_USD:
-        raise CatalogError(f"{shown} is more than ${MAX_USD:,}")
-    micro = value * MICRO
-    if micro != micro.to_integral_value():
-        raise CatalogError(f"{shown} has more than six decimal places")
-    return int(micro)
-
-
-def format_usd(micro: int | None) -> str:
-    """150000 -> ``"$0.15"``; keeps up to six decimals, at least two."""
-    if micro is None:
-        return ""
-    text = f"{Decimal(micro) / MICRO:.6f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(2, '0')}"
 
 
 def _model(hf_id, display_name, license_name, license_url, attribution, context_length, min_vram_mib,

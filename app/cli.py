@@ -8,7 +8,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, catalog
+from . import accounts
 
 admin_cli = AppGroup("admin", help="Manage admin accounts.")
 
@@ -42,6 +42,8 @@ def create_admin(email: str, password: str | None) -> None:
 @click.command("seed")
 def seed_command() -> None:
     """Add the missing models of the seed catalog."""
+    from . import catalog
+
     added = catalog.seed()
     click.echo(f"Model catalog: {added} added.")
 
@@ -90,17 +92,17 @@ def grant_command(email: str, dollars: str, memo: str) -> None:
     """Give a client credits (in US dollars) from the platform."""
     import uuid
 
-    from . import ledger
+    from .money import ledger, units
 
     user = accounts.find_user(email)
     if user is None:
         raise click.ClickException(f"no account with the e-mail {email}")
     try:
-        ledger.grant(None, user, catalog.usd(dollars), memo=memo, transfer_id=f"grant:{uuid.uuid4().hex}")
-    except (ledger.LedgerError, catalog.CatalogError) as exc:
+        ledger.grant(None, user, units.usd(dollars), memo=memo, transfer_id=f"grant:{uuid.uuid4().hex}")
+    except (ledger.LedgerError, units.AmountError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Granted {catalog.format_usd(catalog.usd(dollars))} to {user.email}; "
-               f"balance {catalog.format_usd(ledger.balance(user).balance)}.")
+    click.echo(f"Granted {units.format_usd(units.usd(dollars))} to {user.email}; "
+               f"balance {units.format_usd(ledger.balance(user).balance)}.")
 
 
 def register_cli(app: Flask) -> None:

@@ -226,7 +226,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "OVERLAY_ENDPOINT": env_str(env, "OVERLAY_ENDPOINT", ""),
         "OVERLAY_PRIVATE_KEY_FILE": env_str(env, "OVERLAY_PRIVATE_KEY_FILE", str(data_dir / "overlay" / "hub.key")),
         "OVERLAY_RECONCILE_SECONDS": env_int(env, "OVERLAY_RECONCILE_SECONDS", 30, minimum=1, maximum=3600),
-        # Why the overlay is loopback only, when ``flask serve`` had to choose it (shown on the hosts pages).
+        # Why the overlay is loopback only, when ``make run`` had to choose it (shown on the hosts pages).
         "OVERLAY_NOTE": env_str(env, "OVERLAY_NOTE", ""),
         # Remote diagnostics (app/diagnostics.py): the router runs `hostkit check --json` on a host over SSH.
         # The platform's ed25519 client key: this file, or one made on first use in the data directory.
@@ -235,7 +235,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "DIAGNOSTICS_SSH_PORT": env_int(env, "DIAGNOSTICS_SSH_PORT", 22, minimum=1, maximum=65535),
         "DIAGNOSTICS_CONNECT_TIMEOUT": env_int(env, "DIAGNOSTICS_CONNECT_TIMEOUT", 10, minimum=1, maximum=120),
         "DIAGNOSTICS_TIMEOUT_SECONDS": env_int(env, "DIAGNOSTICS_TIMEOUT_SECONDS", 90, minimum=1, maximum=600),
-        # Buying credits (app/billing.py). With no STRIPE_SECRET_KEY payments are off, except that `flask serve`
+        # Buying credits (app/money/purchases.py). With no STRIPE_SECRET_KEY payments are off, except that `make run`
         # then starts the local Stripe stand-in (app/stripe_standin.py) and uses it, unless STRIPE_STANDIN is off.
         "STRIPE_SECRET_KEY": env_secret(env, "STRIPE_SECRET_KEY"),
         "STRIPE_WEBHOOK_SECRET": env_secret(env, "STRIPE_WEBHOOK_SECRET"),
@@ -250,7 +250,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "CREDITS_MIN_PURCHASE_USD": env_int(env, "CREDITS_MIN_PURCHASE_USD", 5, minimum=1, maximum=10_000),
         "CREDITS_MAX_PURCHASE_USD": env_int(env, "CREDITS_MAX_PURCHASE_USD", 1000, minimum=1, maximum=100_000),
         "LOW_BALANCE_USD": env_int(env, "LOW_BALANCE_USD", 2, minimum=0, maximum=100_000),
-        # Host payouts through Stripe Connect (app/payouts.py, jobs/payouts.py): how often the job runs, the
+        # Host payouts through Stripe Connect (app/money/payouts.py, jobs/payouts.py): how often the job runs, the
         # smallest payout (an owner may have a higher threshold), and how often an unanswered transfer is retried.
         "PAYOUT_INTERVAL_SECONDS": env_int(env, "PAYOUT_INTERVAL_SECONDS", 3600, minimum=60, maximum=7 * 86400),
         "PAYOUT_THRESHOLD_USD": env_int(env, "PAYOUT_THRESHOLD_USD", 10, minimum=1, maximum=100_000),

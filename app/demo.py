@@ -11,9 +11,10 @@ import urllib3
 from flask import current_app
 from sqlalchemy import select
 
-from . import accounts, api_keys, hosts, ledger, payouts
+from . import accounts, api_keys, hosts
 from .extensions import db
 from .models import Host, User
+from .money import connect, ledger
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
 DEMO_HOST_EMAIL = "host@gpushare.localhost"
@@ -150,14 +151,14 @@ def pay_demo_host(base_url: str) -> dict[str, int]:
                                                 (ledger.account_id("host", owner), DEMO_HOST_EARNINGS)],
                 memo="demo host earnings, so that the demo has a payout to show")
     db.session.commit()
-    account = payouts.payout_account(owner)
+    account = connect.payout_account(owner)
     if account is None or not account.payouts_enabled:
-        url = payouts.onboarding_link(owner, refresh_url=f"{base_url}/host/payouts/refresh",
+        url = connect.onboarding_link(owner, refresh_url=f"{base_url}/host/payouts/refresh",
                                       return_url=f"{base_url}/host/payouts/return")
         response = urllib3.request("POST", url, redirect=False, timeout=10)  # "Submit details"
         if response.status != 303:
-            raise payouts.PayoutError(f"the Stripe stand-in's onboarding answered {response.status}")
-        payouts.refresh_account(owner)
+            raise connect.PayoutError(f"the Stripe stand-in's onboarding answered {response.status}")
+        connect.refresh_account(owner)
     from jobs.payouts import pay_hosts  # jobs build on the app package
 
     return pay_hosts()

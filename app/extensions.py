@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import redis
 from flask import Flask, current_app
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 

@@ -19,11 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from overlay import hub, identity, ipam
 
 from . import audit, pricing, schedule, tokens
-from .extensions import db, redis_client
 from .echo import shown
-from .shared import quietly
+from .extensions import db, redis_client
 from .models import CatalogModel, EnrollmentKey, Host, HostModel, User, utcnow
-from .usage import DayAmount, utc_days, zero_filled
+from .money.usage import DayAmount, utc_days, zero_filled
+from .shared import quietly
 
 MAX_NAME = 80
 MAX_REPORT_BYTES = 64 * 1024

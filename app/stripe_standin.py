@@ -31,7 +31,7 @@ is the same. It speaks Stripe's API shape for:
   platform's endpoint; ``charge.dispute.funds_reinstated`` comes from
   ``win_dispute``.
 
-State lives in memory, and in a JSON file with ``--state`` (``flask serve``
+State lives in memory, and in a JSON file with ``--state`` (``make run``
 keeps it in the data directory, so purchases and payouts made in one run are
 still known to the next). Run it with ``python -m app.stripe_standin`` (``flask
 serve`` does when no ``STRIPE_SECRET_KEY`` is set), or in-process from tests.

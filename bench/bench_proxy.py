@@ -68,10 +68,11 @@ def prepare(data_dir: Path, upstreams: list[str]) -> tuple[str, str]:
     link.symlink_to(tokenizer_model(), target_is_directory=True)
     from flask_migrate import upgrade
 
-    from app import api_keys, catalog, create_app, ledger
+    from app import api_keys, catalog, create_app
     from app.accounts import create_user
     from app.extensions import db
     from app.models import CatalogModel, Host, HostModel
+    from app.money import ledger
 
     app = create_app({"GPUSHARE_DATA_DIR": str(data_dir)})
     with app.app_context():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from app import ledger
+from app.money import ledger
 from app.proxy.gateway import gateway
 
 log = logging.getLogger(__name__)

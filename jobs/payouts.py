@@ -1,4 +1,4 @@
-"""The payout job: pays every host owner whose earnings reached the threshold (see app/payouts.py).
+"""The payout job: pays every host owner whose earnings reached the threshold (see app/money/payouts.py).
 
 Safe to run twice at once or after a crash: a payout is stored with its
 idempotency key before Stripe is called, one owner has at most one open payout,
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from app import payouts
+from app.money import payouts, stripe
 
 log = logging.getLogger(__name__)
 
 
 def pay_hosts() -> dict[str, int]:
     """One pass; returns how many payouts ended each way ('paid', 'failed', 'retry', 'needs_attention', 'busy')."""
-    if not payouts.enabled():
+    if not stripe.enabled():
         return {}
     outcomes = payouts.run()
     if outcomes:

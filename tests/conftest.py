@@ -8,16 +8,16 @@ an empty Redis database.
 from __future__ import annotations
 
 import os
-import threading
 import re
+import threading
 import uuid
 
 import psycopg
 import pytest
+import redis
 from argon2 import PasswordHasher
 from flask import has_app_context
 from flask.testing import FlaskClient
-import redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server

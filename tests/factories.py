@@ -7,9 +7,10 @@ from types import SimpleNamespace
 from flask import current_app
 from sqlalchemy import select
 
-from app import accounts, api_keys, catalog, ledger
+from app import accounts, api_keys, catalog
 from app.extensions import db
 from app.models import CatalogModel, Host, HostModel, Invite, User, utcnow
+from app.money import ledger, units
 
 PASSWORD = "correct horse battery staple"
 
@@ -73,4 +74,4 @@ def refresh_routes() -> None:
 
 
 def give_credits(user: User, dollars: str) -> None:
-    ledger.grant(None, user, catalog.usd(dollars), memo="test credits", transfer_id=f"test:{user.id}:{dollars}")
+    ledger.grant(None, user, units.usd(dollars), memo="test credits", transfer_id=f"test:{user.id}:{dollars}")

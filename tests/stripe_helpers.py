@@ -6,8 +6,8 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from app import billing, ledger
 from app.extensions import db
+from app.money import ledger, purchases
 from app.stripe_standin import StandIn
 
 API_KEY = "sk_test_standin_for_tests"
@@ -42,7 +42,7 @@ def standin(app, live_server):
 
 def start(user, dollars: int = 20) -> str:
     """A Checkout Session for ``dollars`` of credits, made through the service; its id."""
-    purchase, _ = billing.start_checkout(user, dollars, cancel_url="http://app.test/cancelled",
+    purchase, _ = purchases.start_checkout(user, dollars, cancel_url="http://app.test/cancelled",
                                          success_url="http://app.test/ok?session_id={CHECKOUT_SESSION_ID}")
     return purchase.session_id
 

@@ -7,13 +7,14 @@ import uuid
 
 from sqlalchemy import text
 
-from app import ledger, money, payouts
 from app.extensions import db
+from app.money import ledger, reports
+from app.money.stripe import client as stripe_client
 from jobs import payouts as payout_job
 
 from . import factories
 from .stripe_helpers import check_ledger, start
-from .test_payouts import connect
+from .test_payouts import onboarded
 
 USD = 1_000_000
 HX = {"HX-Request": "true"}
@@ -30,7 +31,7 @@ def serve(client, owner, cost: int, fee: int) -> None:
 def a_month_of_business(people, standin) -> dict:
     """alice buys $20 through Checkout (the webhook credits it), spends $15 on bob's host ($3 of it the platform's
     fee), and the payout job pays bob his $12 by a Stripe transfer."""
-    account = connect(people.bob, standin)
+    account = onboarded(people.bob, standin)
     session_id = start(people.alice, 20)
     standin.pay(session_id)
     serve(people.alice, people.bob, 15 * USD, 3 * USD)
@@ -85,7 +86,7 @@ def test_it_lists_each_disagreement_with_stripe_in_words(people, auth, client, s
     standin.autodeliver = False  # from here on Stripe's webhooks never arrive
     lost = start(people.alice, 5)
     standin.pay(lost)  # paid at Stripe, never credited
-    stray = payouts.stripe_client().v1.transfers.create(params={
+    stray = stripe_client().v1.transfers.create(params={
         "amount": 700, "currency": "usd", "destination": business["account"]})  # made at Stripe, no payout
     db.session.execute(text("UPDATE purchases SET amount = :amount WHERE session_id = :id"),
                        {"amount": 25 * USD, "id": business["session"]})  # our row says $25, Stripe took $20
@@ -93,7 +94,7 @@ def test_it_lists_each_disagreement_with_stripe_in_words(people, auth, client, s
     standin.refund(business["session"], 300, send=False)  # refunded at Stripe, the event lost
     standin.reverse_transfer(business["transfer"], 200)  # reversed at Stripe, the event lost
     # Another owner's payout is paid here, but its transfer is gone from Stripe.
-    connect(people.mallory, standin)
+    onboarded(people.mallory, standin)
     factories.give_credits(people.alice, "10")
     serve(people.alice, people.mallory, 12 * USD + 50 * 10_000, 0)
     assert payout_job.pay_hosts() == {"paid": 1}
@@ -165,7 +166,7 @@ def test_it_says_when_the_listing_bound_was_reached(people, auth, client, standi
     older, newer = start(people.alice, 5), start(people.alice, 6)
     standin.pay(older)
     standin.pay(newer)
-    monkeypatch.setattr(money, "LIST_BOUND", 1)
+    monkeypatch.setattr(reports, "LIST_BOUND", 1)
     auth.login(people.carol)
     result = words(reconcile(auth, client))
     assert "Stripe holds more than 1 Checkout Sessions: only the newest 1 were compared" in result

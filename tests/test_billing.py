@@ -5,9 +5,9 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from app import billing
 from app.extensions import db
 from app.models import Purchase
+from app.money import purchases
 
 from . import factories
 from .fakehost import FakeHost
@@ -58,7 +58,7 @@ def test_it_refuses_amounts_outside_the_limits(people, auth, client, standin, do
 def test_it_polls_the_purchase_until_stripe_decides(people, auth, client, standin):
     auth.login(people.alice)
     session_id = start(people.alice, 5)
-    purchase = billing.get_purchase(people.alice, session_id=session_id)
+    purchase = purchases.get_purchase(people.alice, session_id=session_id)
     url = f"/billing/purchases/{purchase.id}"
     assert client.get(url, headers={"HX-Request": "true"}).status_code == 200
     standin.pay(session_id)
@@ -70,7 +70,7 @@ def test_it_polls_the_purchase_until_stripe_decides(people, auth, client, standi
 
 def test_it_shows_no_one_elses_purchase(people, auth, client, standin):
     session_id = start(people.alice, 5)
-    purchase = billing.get_purchase(people.alice, session_id=session_id)
+    purchase = purchases.get_purchase(people.alice, session_id=session_id)
     auth.login(people.mallory)
     assert client.get(f"/billing/purchases/{purchase.id}").status_code == 404
     assert client.get(f"/billing/success?session_id={session_id}").status_code == 404
@@ -149,7 +149,7 @@ def test_a_declined_card_or_a_cancel_credits_nothing(people, page, standin):
 
 
 def test_the_stand_in_runs_as_the_process_make_run_starts(tmp_path):
-    """``flask serve`` starts ``python -m app.stripe_standin``; the stripe library talks to it like to Stripe."""
+    """``make run`` starts ``python -m app.stripe_standin``; the stripe library talks to it like to Stripe."""
     import subprocess
     import sys
     import time

@@ -4,26 +4,11 @@ from sqlalchemy import select
 from app import catalog
 from app.extensions import db
 from app.models import AuditEvent, CatalogModel
+from app.money.units import format_usd
 
 SEEDED = ["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct",
           "mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mixtral-8x7B-Instruct-v0.1", "Qwen/Qwen2.5-7B-Instruct",
           "google/gemma-2-9b-it", "HuggingFaceTB/SmolLM2-135M-Instruct", "gpushare/tiny-chat"]
-
-
-@pytest.mark.parametrize("text, micro", [("0.15", 150_000), ("$2.50", 2_500_000), ("0.000001", 1), ("0", 0)])
-def test_it_reads_dollars_as_micro_units(text, micro):
-    assert catalog.usd(text) == micro
-
-
-@pytest.mark.parametrize("text", ["-1", "abc", "0.0000001", "NaN", "inf"])
-def test_it_refuses_amounts_that_are_not_money(text):
-    with pytest.raises(catalog.CatalogError):
-        catalog.usd(text)
-
-
-@pytest.mark.parametrize("micro, text", [(150_000, "$0.15"), (2_500_000, "$2.50"), (1_000, "$0.001"), (0, "$0.00")])
-def test_it_formats_micro_units(micro, text):
-    assert catalog.format_usd(micro) == text
 
 
 def test_it_seeds_the_catalog_once_with_llama_first(ctx):
@@ -47,7 +32,7 @@ def edit_form(model: CatalogModel, **changes) -> dict:
     data = {field: getattr(model, field) for field in catalog.EDITABLE_FIELDS}
     for field in ("reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
                   "ceiling_input_price", "ceiling_output_price", "input_price", "output_price"):
-        data[field] = catalog.format_usd(data[field])
+        data[field] = format_usd(data[field])
     data["enabled"] = "y" if data["enabled"] else ""
     return data | changes
 

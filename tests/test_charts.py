@@ -11,10 +11,11 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select, text
 
-from app import hosts, ledger, pricing, usage
-from app.catalog import format_usd
+from app import hosts, pricing
 from app.extensions import db
 from app.models import CatalogModel, HostModel, PriceHistory, utcnow
+from app.money import ledger, usage
+from app.money.units import format_usd
 
 from .factories import PASSWORD, give_credits, make_host, make_key, make_user
 

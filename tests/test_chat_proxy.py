@@ -9,12 +9,12 @@ import openai
 import pytest
 from sqlalchemy import select, text
 
-from app import ledger
 from app.extensions import db
 from app.models import CatalogModel, UsageRecord
+from app.money import ledger
 
-from .fakehost import WORD, FakeHost
 from .factories import give_credits, make_host, make_key, refresh_routes
+from .fakehost import WORD, FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

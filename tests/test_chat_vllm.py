@@ -11,9 +11,9 @@ import openai
 import pytest
 from sqlalchemy import select
 
-from app import ledger
 from app.extensions import db
 from app.models import UsageRecord
+from app.money import ledger
 
 from .engines import start_tiny_chat
 from .factories import give_credits, make_host, make_key

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-
 import subprocess
 
 import httpx
@@ -21,7 +20,7 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from hostkit.engine import (REPO_ROOT, engine_env, process_group_alive)
+from hostkit.engine import REPO_ROOT, engine_env, process_group_alive
 from hostkit.models import TINY_SPECIAL_MARGIN
 
 from .engines import start_tiny_chat

@@ -24,12 +24,13 @@ import redis
 from sqlalchemy import select, text
 from sqlalchemy.pool import NullPool
 
-from app import create_app, ledger
+from app import create_app
 from app.config import normalise_database_url
 from app.demo import read_env_file
 from app.embedded import EmbeddedPostgres
 from app.extensions import db
 from app.models import Host, UsageRecord
+from app.money import ledger
 from app.proxy.metering import Meter
 from hostkit.engine import free_port
 

@@ -1,12 +1,12 @@
 from rq import SimpleWorker
 
 import jobs
-from jobs import health, holds
 from app.extensions import db
 from app.models import Host
+from jobs import health, holds
 
-from .fakehost import FakeHost
 from .factories import make_host
+from .fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

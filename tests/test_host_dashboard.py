@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app import ledger
-from app.catalog import format_usd
 from app.extensions import db
 from app.models import AuditEvent, Host, HostModel, UsageRecord, utcnow
+from app.money import ledger
+from app.money.units import format_usd
 
 from .factories import PASSWORD, give_credits, make_host, make_key, make_user, refresh_routes
 from .fakehost import FakeHost

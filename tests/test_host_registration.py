@@ -13,7 +13,6 @@ from app.models import AuditEvent, EnrollmentKey, Host, utcnow
 
 from .factories import seed_catalog
 
-
 H100 = json.loads((Path(__file__).parent / "data" / "hostkit-check-h100.json").read_text())
 
 

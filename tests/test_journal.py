@@ -11,12 +11,13 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from app import ledger
 from app.extensions import db
 from app.models import CatalogModel, UsageRecord
+from app.money import ledger
+from app.money.units import cost_of
 from app.proxy import gateway as gateway_module
 from app.proxy.gateway import DatabaseUnavailable, gateway
-from app.proxy.settlement import HOLD_SQL, cost_of, settlement
+from app.proxy.settlement import HOLD_SQL, settlement
 
 from .factories import give_credits, make_host, make_key
 from .fakehost import FakeHost

@@ -3,9 +3,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app import ledger
 from app.extensions import db
 from app.models import User
+from app.money import ledger
 
 from .concurrency import at_once
 from .factories import give_credits

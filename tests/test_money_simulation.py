@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import func, select, text
 
-from app import ledger, payouts
 from app.catalog import usd
 from app.extensions import db
 from app.models import CatalogModel, Payout, Purchase, UsageRecord
-from app.proxy.gateway import cost_of
+from app.money import connect, ledger, payouts
+from app.money.units import cost_of
 from jobs import payouts as payout_job
 
 from .factories import make_host, make_key, make_user, refresh_routes
@@ -92,11 +92,11 @@ def build(seed: int, standin, http, engines) -> World:
     db.session.commit()
     refresh_routes()
     for owner in world.owners:  # connect both owners' Express accounts; the first also sets a low threshold
-        payouts.onboarding_link(owner, refresh_url="http://sim.test/r", return_url="http://sim.test/done")
-        standin.onboard(payouts.payout_account(owner).stripe_account_id)
-        payouts.refresh_account(owner)
-    payouts.set_threshold(world.owners[0], 1)
-    payouts.set_threshold(world.owners[1], 3)
+        connect.onboarding_link(owner, refresh_url="http://sim.test/r", return_url="http://sim.test/done")
+        standin.onboard(connect.payout_account(owner).stripe_account_id)
+        connect.refresh_account(owner)
+    connect.set_threshold(world.owners[0], 1)
+    connect.set_threshold(world.owners[1], 3)
     for user, _ in world.clients:  # each client starts with a card top-up that has landed
         session_id = start(user, 20)
         world.sessions.append((session_id, user))
@@ -412,7 +412,7 @@ def check_final(world: World) -> None:
     assert ledger.account("stripe").balance == micro(sent - kept)
     # Every owner whose earnings reached the threshold was paid.
     for owner in world.owners:
-        account = payouts.payout_account(owner)
+        account = connect.payout_account(owner)
         assert ledger.account("host", owner).available < (account.threshold or payouts.default_threshold())
     db.session.rollback()
 

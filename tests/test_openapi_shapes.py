@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from .fakehost import FakeHost
 from .factories import give_credits, make_host, make_key
+from .fakehost import FakeHost
 from .openapi import errors
 
 MODEL = "gpushare/tiny-chat"

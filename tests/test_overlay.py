@@ -1,6 +1,6 @@
 """Hosts on the WireGuard overlay, end to end, in network namespaces made for this module.
 
-The router machine (its own namespace) runs ``flask serve``: web app, RQ
+The router machine (its own namespace) runs ``python -m app.dev.serve``: web app, RQ
 worker and scheduler, and the overlay hub on ``wireguard-go``. Two host
 machines (namespaces on the same LAN) each run the real ``hostkit register``
 and ``hostkit agent``, which joins the overlay and serves tiny-chat on vLLM

@@ -7,9 +7,10 @@ import uuid
 import pytest
 from sqlalchemy import select, text
 
-from app import ledger, payouts
 from app.extensions import db
 from app.models import Payout, PayoutAccount
+from app.money import connect, ledger, payouts
+from app.money.stripe import client as stripe_client
 from jobs import payouts as payout_job
 
 from .concurrency import at_once
@@ -26,13 +27,13 @@ def earn(owner, micro: int) -> None:
     db.session.commit()
 
 
-def connect(owner, standin, *, ready: bool = True) -> PayoutAccount:
+def onboarded(owner, standin, *, ready: bool = True) -> PayoutAccount:
     """An Express account for ``owner``, onboarded through the stand-in when ``ready``."""
-    payouts.onboarding_link(owner, refresh_url="http://app.test/r", return_url="http://app.test/done")
-    account = payouts.payout_account(owner)
+    connect.onboarding_link(owner, refresh_url="http://app.test/r", return_url="http://app.test/done")
+    account = connect.payout_account(owner)
     if ready:
         standin.onboard(account.stripe_account_id)
-        payouts.refresh_account(owner)
+        connect.refresh_account(owner)
     return account
 
 
@@ -53,7 +54,7 @@ def due_now() -> None:
 
 
 def test_it_pays_an_owner_whose_earnings_reached_the_threshold(people, standin):
-    account = connect(people.bob, standin)
+    account = onboarded(people.bob, standin)
     earn(people.bob, 12 * USD + 34 * CENT + 5678)
     assert payout_job.pay_hosts() == {"paid": 1}
     [transfer] = standin.transfers.values()
@@ -69,13 +70,13 @@ def test_it_pays_an_owner_whose_earnings_reached_the_threshold(people, standin):
 
 
 def test_it_pays_nothing_below_the_threshold_or_to_an_account_not_ready(people, standin):
-    connect(people.bob, standin, ready=False)
+    onboarded(people.bob, standin, ready=False)
     earn(people.bob, 50 * USD)
     assert payout_job.pay_hosts() == {}
     assert standin.transfers == {} and all_payouts() == []
     assert host_available(people.bob) == 50 * USD
-    standin.onboard(payouts.payout_account(people.bob).stripe_account_id)
-    payouts.refresh_account(people.bob)
+    standin.onboard(connect.payout_account(people.bob).stripe_account_id)
+    connect.refresh_account(people.bob)
     db.session.execute(text("UPDATE payout_accounts SET threshold = :t"), {"t": 60 * USD})
     db.session.commit()
     assert payout_job.pay_hosts() == {}
@@ -83,7 +84,7 @@ def test_it_pays_nothing_below_the_threshold_or_to_an_account_not_ready(people, 
 
 
 def test_it_pays_once_when_the_job_dies_between_the_transfer_and_the_database(people, standin, monkeypatch):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     record_paid = payouts.record_paid
 
@@ -110,7 +111,7 @@ def test_it_pays_once_when_the_job_dies_between_the_transfer_and_the_database(pe
 
 
 def test_it_finds_the_transfer_by_metadata_once_stripe_forgot_the_key(people, standin, monkeypatch):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     monkeypatch.setattr(payouts, "record_paid", lambda *a, **k: (_ for _ in ()).throw(SystemExit("killed")))
     with pytest.raises(SystemExit):
@@ -128,12 +129,12 @@ def test_it_finds_the_transfer_by_metadata_once_stripe_forgot_the_key(people, st
 
 
 def test_it_raises_an_alert_and_keeps_the_key_when_stripe_saw_it_with_another_amount(people, standin, caplog):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     payout = payouts.start(people.bob.id)
     key = payout.idempotency_key
     # The key already went to Stripe with other parameters (a bug, or a changed amount).
-    client = payouts.stripe_client()
+    client = stripe_client()
     client.v1.transfers.create(params={"amount": 999, "currency": "usd", "destination": payout.destination},
                                options={"idempotency_key": key})
     assert payout_job.pay_hosts() == {"needs_attention": 1}
@@ -149,7 +150,7 @@ def test_it_raises_an_alert_and_keeps_the_key_when_stripe_saw_it_with_another_am
 
 
 def test_it_keeps_the_earnings_owed_while_the_platform_balance_is_short(people, standin, app):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     standin.balance = 500
     assert payout_job.pay_hosts() == {"failed": 1}
@@ -167,7 +168,7 @@ def test_it_keeps_the_earnings_owed_while_the_platform_balance_is_short(people, 
 
 
 def test_it_stops_retrying_after_the_bound(people, standin, app):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     standin.balance = 0
     for _ in range(app.config["PAYOUT_MAX_ATTEMPTS"]):
@@ -180,7 +181,7 @@ def test_it_stops_retrying_after_the_bound(people, standin, app):
 
 
 def test_an_admin_lets_a_skipped_owner_be_paid_again(people, standin, app, auth, client):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     standin.balance = 0
     for _ in range(app.config["PAYOUT_MAX_ATTEMPTS"]):
@@ -203,7 +204,7 @@ def test_an_admin_lets_a_skipped_owner_be_paid_again(people, standin, app, auth,
 
 
 def test_a_reversed_transfer_is_owed_to_the_host_again(people, standin, auth, client):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     assert payout_job.pay_hosts() == {"paid": 1}
     [transfer] = standin.transfers.values()
@@ -225,7 +226,7 @@ def test_a_reversed_transfer_is_owed_to_the_host_again(people, standin, auth, cl
 
 
 def test_a_reversal_of_a_transfer_the_dead_job_never_recorded_still_counts(people, standin, monkeypatch):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
 
     def die(payout, transfer_id):
@@ -240,7 +241,7 @@ def test_a_reversal_of_a_transfer_the_dead_job_never_recorded_still_counts(peopl
     standin.reverse_transfer(transfer["id"], 700)  # delivered to the webhook at once
     [payout] = all_payouts()
     assert (payout.status, payout.stripe_transfer_id, payout.reversed) == ("paid", transfer["id"], 7 * USD)
-    payouts.set_threshold(people.bob, 5)
+    connect.set_threshold(people.bob, 5)
     due_now()
     assert payout_job.pay_hosts() == {"paid": 1}  # what came back is paid again, once
     assert len(standin.transfers) == 2 and host_available(people.bob) == 0
@@ -248,14 +249,14 @@ def test_a_reversal_of_a_transfer_the_dead_job_never_recorded_still_counts(peopl
 
 
 def test_a_host_sets_its_own_payout_threshold(people, standin, auth, client):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     auth.login(people.bob)
     for bad, message in (("abc", "whole number of dollars"), ("0", "from $1 to $100,000"),
                          ("100001", "from $1 to $100,000")):
         response = client.post("/host/payouts/threshold", data={"threshold": bad, "csrf_token": auth.token()})
         assert response.status_code == 400 and message in response.get_data(as_text=True)
-    assert payouts.payout_account(people.bob).threshold is None
+    assert connect.payout_account(people.bob).threshold is None
     response = client.post("/host/payouts/threshold", data={"threshold": "$50", "csrf_token": auth.token()},
                            follow_redirects=True)
     page = response.get_data(as_text=True)
@@ -268,7 +269,7 @@ def test_a_host_sets_its_own_payout_threshold(people, standin, auth, client):
 
 
 def test_it_makes_one_transfer_when_two_runs_race(people, standin, app):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     results = []
 
@@ -306,20 +307,20 @@ def test_it_walks_a_host_through_onboarding_and_shows_the_state(people, auth, cl
     assert "Payouts are set up: Stripe can pay you." in check.get_data(as_text=True)
     html = client.get("/host").get_data(as_text=True)
     assert "Ready" in html
-    assert payouts.payout_account(people.bob).payouts_enabled
+    assert connect.payout_account(people.bob).payouts_enabled
 
 
 def test_an_expired_onboarding_link_asks_before_making_anything(people, auth, client, standin):
     auth.login(people.bob)
     page = client.get("/host/payouts/refresh")
     assert page.status_code == 200 and "Continue to Stripe" in page.get_data(as_text=True)
-    assert standin.accounts == {} and payouts.payout_account(people.bob) is None
+    assert standin.accounts == {} and connect.payout_account(people.bob) is None
     response = client.post("/host/payouts/setup", data={"csrf_token": auth.token("/host")})
     assert response.status_code == 303 and len(standin.accounts) == 1
 
 
 def test_it_shows_failed_payouts_to_the_host_and_the_admin(people, auth, client, standin):
-    connect(people.bob, standin)
+    onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     standin.balance = 0
     payout_job.pay_hosts()
@@ -336,10 +337,10 @@ def test_it_shows_failed_payouts_to_the_host_and_the_admin(people, auth, client,
 
 
 def test_it_keeps_the_account_state_from_connect_events(people, standin):
-    account = connect(people.bob, standin, ready=False)
+    account = onboarded(people.bob, standin, ready=False)
     standin.onboard(account.stripe_account_id)  # account.updated reaches the Connect endpoint
     db.session.rollback()
-    assert payouts.payout_account(people.bob).payouts_enabled
+    assert connect.payout_account(people.bob).payouts_enabled
     [event] = [e for e in standin.events if e["type"] == "account.updated"]
     assert standin.deliver(event, url=standin.connect_webhook_url, secret=standin.connect_webhook_secret) == 200
     assert standin.deliver(event, url=standin.connect_webhook_url, secret="whsec_wrong") == 400
@@ -347,7 +348,7 @@ def test_it_keeps_the_account_state_from_connect_events(people, standin):
 
 
 def test_it_tells_the_host_and_the_admin_when_the_bank_payout_failed(people, auth, client, standin):
-    account = connect(people.bob, standin)
+    account = onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     assert payout_job.pay_hosts() == {"paid": 1}
     standin.bank_payout(account.stripe_account_id, 2000, failed=True)
@@ -359,13 +360,13 @@ def test_it_tells_the_host_and_the_admin_when_the_bank_payout_failed(people, aut
     assert "account_closed" in client.get("/admin/payouts").get_data(as_text=True)
     standin.bank_payout(account.stripe_account_id, 2000)
     db.session.rollback()
-    assert payouts.payout_account(people.bob).bank_payout_error is None
+    assert connect.payout_account(people.bob).bank_payout_error is None
     assert [p.status for p in all_payouts()] == ["paid"]  # our transfer stands; no second one
     check_ledger()
 
 
 def test_it_gives_the_earnings_back_when_stripe_cannot_pay_the_account(people, standin):
-    account = connect(people.bob, standin)
+    account = onboarded(people.bob, standin)
     earn(people.bob, 20 * USD)
     standin.accounts[account.stripe_account_id]["capabilities"]["transfers"] = "inactive"  # Stripe disabled it
     assert payout_job.pay_hosts() == {"failed": 1}

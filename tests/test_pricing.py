@@ -14,11 +14,11 @@ from app import pricing
 from app.catalog import usd
 from app.extensions import db
 from app.models import CatalogModel, PriceHistory, UsageRecord
-from app.proxy.gateway import cost_of
+from app.money.units import cost_of
 from jobs import pricing as pricing_job
 
-from .fakehost import FakeHost
 from .factories import give_credits, make_host, make_key, refresh_routes
+from .fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 STEP = 500  # 5 %

@@ -11,12 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from app import ROOT, ledger
+from app import ROOT
 from app.extensions import db
+from app.money import ledger
 from hostkit.engine import free_port
 
-from .fakehost import FakeHost
 from .factories import give_credits, make_host, make_key
+from .fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

@@ -150,7 +150,7 @@ def test_a_refund_before_its_payment_ends_at_the_same_balance(people, held, orde
 
 
 def test_a_dispute_after_spending_puts_the_shortfall_on_a_receivable(people, held):
-    from app import ledger
+    from app.money import ledger
 
     session_id = start(people.alice, 20)
     held.deliver(held.pay(session_id))
@@ -185,7 +185,7 @@ def test_a_won_dispute_gives_the_money_back_in_any_order(people, held, order):
 
 
 def test_a_won_dispute_pays_the_debt_it_caused_first(people, held):
-    from app import ledger
+    from app.money import ledger
 
     session_id = start(people.alice, 20)
     held.deliver(held.pay(session_id))

@@ -1,12 +1,12 @@
 from sqlalchemy import select
 
-from app import ledger
 from app.extensions import db
-from app.catalog import format_usd
 from app.models import AuditEvent, LedgerTransfer, UsageRecord
+from app.money import ledger
+from app.money.units import format_usd
 
-from .fakehost import FakeHost
 from .factories import give_credits, make_host, make_key
+from .fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

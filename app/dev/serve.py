@@ -247,11 +247,12 @@ class Platform:
         import stripe
         import urllib3
 
-        from app import demo, payouts
+        from app import demo
+        from app.money import connect
 
         try:
             outcome = demo.pay_demo_host(public)
-        except (payouts.PayoutError, stripe.StripeError, urllib3.exceptions.HTTPError) as exc:
+        except (connect.PayoutError, stripe.StripeError, urllib3.exceptions.HTTPError) as exc:
             click.echo(f"The demo payout could not be made ({exc}); payouts still run every hour.")
             return
         if outcome.get("paid"):

@@ -38,6 +38,7 @@ from .. import pricing
 from ..api_keys import KeyInfo
 from ..echo import shown
 from ..extensions import db
+from ..money.units import cost_of
 from ..shared import quietly
 from . import admission, normalise
 from .errors import ApiError
@@ -45,7 +46,7 @@ from .journal import Entry, Journal
 from .metering import Meter
 from .ratelimit import Decision, RateLimiter
 from .routing import Offer, Route, RoutingTable, RoutingUnavailable
-from .settlement import FINISH_SQL, HOLD_SQL, RELEASE_SQL, cost_of, settlement
+from .settlement import FINISH_SQL, HOLD_SQL, RELEASE_SQL, settlement
 from .upstream import HostRefused, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)

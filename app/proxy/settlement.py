@@ -8,7 +8,7 @@ arguments.
 """
 from __future__ import annotations
 
-MICRO_PER_MILLION_TOKENS = 1_000_000  # prices are micro-units per million tokens
+from ..money.units import cost_of
 
 HOLD_SQL = """SELECT granted, amount, refusal FROM gs_hold(
     p_request => %(request_id)s, p_user => %(user_id)s, p_key => %(key_id)s, p_prompt_cost => %(prompt_cost)s,
@@ -25,11 +25,6 @@ FINISH_SQL = """SELECT gs_finish(
     p_output_price => %(output_price)s)"""
 
 RELEASE_SQL = "SELECT gs_release(p_request => %(request_id)s)"
-
-
-def cost_of(prompt_tokens: int, completion_tokens: int, input_price: int, output_price: int) -> int:
-    """Micro-units for a request at prices per million tokens, rounded up."""
-    return -(-(prompt_tokens * input_price + completion_tokens * output_price) // MICRO_PER_MILLION_TOKENS)
 
 
 def settlement(request: dict, *, status: str, http_status: int, completion_tokens: int, host_id: int | None,

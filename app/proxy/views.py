@@ -5,9 +5,9 @@ from flask import Blueprint, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import api_keys
-from ..catalog import format_usd
 from ..echo import shown
 from ..extensions import db
+from ..money.units import format_usd
 from . import openapi as openapi_document
 from .errors import ApiError, openai_error
 from .gateway import DatabaseUnavailable, complete, gateway, unavailable

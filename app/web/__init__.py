@@ -12,9 +12,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.routing import IntegerConverter
 
 from .. import accounts
-from ..catalog import format_usd
 from ..extensions import db, login_manager
 from ..models import User
+from ..money.units import format_usd
 from ..proxy.errors import openai_error
 
 # Everything from this site, nothing inline: no script or style in the page itself, no frames, no plugins.

@@ -7,10 +7,11 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 from sqlalchemy import case, func, select
 
-from .. import accounts, billing, catalog, diagnostics, ledger, money, payouts
+from .. import accounts, catalog, diagnostics
 from .. import hosts as host_service
 from ..extensions import db
 from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, Payout, User
+from ..money import ledger, payouts, reports, stripe, units
 from . import flash_error, page_number, role_required
 from .forms import ActionForm, CatalogModelForm, GrantForm, InviteForm
 
@@ -47,7 +48,7 @@ def _form_values(form: CatalogModelForm) -> dict:
     values = {field: getattr(form, field).data for field in ("hf_id", *catalog.EDITABLE_FIELDS)}
     values["attribution"] = values["attribution"] or ""
     for field in form.PRICE_FIELDS:
-        values[field] = catalog.usd(values[field])
+        values[field] = units.usd(values[field])
     return values
 
 
@@ -55,7 +56,7 @@ def _save(model, form: CatalogModelForm):
     if form.validate_on_submit():
         try:
             saved = catalog.save_model(current_user, model, _form_values(form))
-        except catalog.CatalogError as exc:
+        except (catalog.CatalogError, units.AmountError) as exc:
             flash_error(str(exc))
         else:
             flash(f"{saved.display_name} saved.", "success")
@@ -74,7 +75,7 @@ def edit_model(model_id: int):
     form = CatalogModelForm(obj=model) if request.method == "GET" else CatalogModelForm()
     if request.method == "GET":
         for field in form.PRICE_FIELDS:
-            getattr(form, field).data = catalog.format_usd(getattr(model, field)).lstrip("$")
+            getattr(form, field).data = units.format_usd(getattr(model, field)).lstrip("$")
     form.hf_id.data = model.hf_id  # the id is fixed once hosts serve it
     return _save(model, form)
 
@@ -110,12 +111,12 @@ def credits():
         try:
             if user is None or not user.is_client:
                 raise ledger.LedgerError("No client account has that e-mail address.")
-            ledger.grant(current_user, user, catalog.usd(form.amount.data), memo=form.memo.data,
+            ledger.grant(current_user, user, units.usd(form.amount.data), memo=form.memo.data,
                          transfer_id=f"grant:{form.idempotency_key.data}")
-        except (ledger.LedgerError, catalog.CatalogError) as exc:
+        except (ledger.LedgerError, units.AmountError) as exc:
             flash_error(str(exc))
         else:
-            flash(f"Granted {catalog.format_usd(catalog.usd(form.amount.data))} to {user.email}.", "success")
+            flash(f"Granted {units.format_usd(units.usd(form.amount.data))} to {user.email}.", "success")
             return redirect(url_for("admin.credits"))
     if not form.is_submitted():
         form.idempotency_key.data = uuid.uuid4().hex
@@ -170,18 +171,18 @@ def resume_payouts(user_id: int):
 @bp.get("/money")
 def money_page():
     """The platform's money from the database; reconciling with Stripe waits for the admin's button."""
-    return render_template("admin/money.html", overview=money.overview(), result=None,
-                           stripe_enabled=billing.enabled())
+    return render_template("admin/money.html", overview=reports.overview(), result=None,
+                           stripe_enabled=stripe.enabled())
 
 
 @bp.post("/money/reconcile")
 def reconcile_money():
     """Compare the ledger with Stripe now (it lists from Stripe: a button, not on every page load)."""
-    result = money.reconcile()
+    result = reports.reconcile()
     if request.htmx:
-        return render_template("admin/_reconcile.html", result=result, stripe_enabled=billing.enabled())
-    return render_template("admin/money.html", overview=money.overview(), result=result,
-                           stripe_enabled=billing.enabled())
+        return render_template("admin/_reconcile.html", result=result, stripe_enabled=stripe.enabled())
+    return render_template("admin/money.html", overview=reports.overview(), result=result,
+                           stripe_enabled=stripe.enabled())
 
 
 @bp.post("/payouts/<int:payout_id>/retry")

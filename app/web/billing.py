@@ -1,4 +1,4 @@
-"""The client's billing page (balance, buying credits, purchases) and Stripe's webhook."""
+"""The client's billing page (balance, buying credits, purchases) and Stripe's two webhook endpoints."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, jsonify, redirect, render_template, request, url_for
@@ -6,8 +6,9 @@ from flask_login import current_user
 from wtforms import IntegerField
 from wtforms.validators import InputRequired
 
-from .. import billing, ledger, payouts, usage
 from ..extensions import csrf
+from ..money import ledger, purchases, stripe, usage, webhooks
+from ..money.units import dollars
 from . import role_required
 from .forms import Form
 
@@ -20,13 +21,13 @@ class BuyForm(Form):
 
 
 def _page(form: BuyForm, status: int = 200):
-    low, high = billing.limits()
+    low, high = purchases.limits()
     account = ledger.balance(current_user)
     return render_template("billing/index.html", form=form, account=account, owed=ledger.owed(current_user),
-                           purchases=billing.purchases(current_user), packs=billing.PACKS_USD, low=low, high=high,
-                           enabled=billing.enabled(), totals=billing.totals(current_user),
+                           purchases=purchases.purchases(current_user), packs=purchases.PACKS_USD, low=low, high=high,
+                           enabled=stripe.enabled(), totals=purchases.totals(current_user),
                            spend=usage.spend_per_day(current_user),
-                           low_balance=account.available < current_app.config["LOW_BALANCE_USD"] * 1_000_000,
+                           low_balance=account.available < dollars(current_app.config["LOW_BALANCE_USD"]),
                            cancelled="cancelled" in request.args), status
 
 
@@ -44,9 +45,9 @@ def checkout():
         return _page(form, 400)
     success = url_for("billing.success", _external=True) + "?session_id={CHECKOUT_SESSION_ID}"
     try:
-        _, url = billing.start_checkout(current_user, form.dollars.data, success_url=success,
+        _, url = purchases.start_checkout(current_user, form.dollars.data, success_url=success,
                                         cancel_url=url_for("billing.index", cancelled=1, _external=True))
-    except billing.BillingError as exc:
+    except purchases.PurchaseError as exc:
         form.dollars.errors = [str(exc)]
         return _page(form, 400)
     return redirect(url, 303)
@@ -55,7 +56,7 @@ def checkout():
 @bp.get("/success")
 @role_required("client")
 def success():
-    purchase = billing.get_purchase(current_user, session_id=request.args.get("session_id", ""))
+    purchase = purchases.get_purchase(current_user, session_id=request.args.get("session_id", ""))
     if purchase is None:
         abort(404)
     return render_template("billing/success.html", purchase=purchase)
@@ -64,7 +65,7 @@ def success():
 @bp.get("/purchases/<int:purchase_id>")
 @role_required("client")
 def receipt(purchase_id: int):
-    purchase = billing.get_purchase(current_user, purchase_id=purchase_id)
+    purchase = purchases.get_purchase(current_user, purchase_id=purchase_id)
     if purchase is None:
         abort(404)
     if request.htmx:
@@ -74,14 +75,15 @@ def receipt(purchase_id: int):
     return render_template("billing/receipt.html", purchase=purchase)
 
 
-def _receive(handle, label: str, secret_keys: tuple[str, ...]):
-    """A verified Stripe event handed to ``handle``; 400 (nothing changed) when it is not provably Stripe's."""
+def _receive(label: str, secret_keys: tuple[str, ...]):
+    """A verified Stripe event, acted on through the one table of events; 400 (nothing changed) when it is not
+    provably Stripe's."""
     try:
-        event = billing.verify(request.get_data(cache=False), request.headers.get("Stripe-Signature"),
-                               secret_keys=secret_keys)
-    except billing.WebhookRejected as exc:
+        event = stripe.verify(request.get_data(cache=False), request.headers.get("Stripe-Signature"),
+                              secret_keys=secret_keys)
+    except stripe.WebhookRejected as exc:
         return jsonify(error=str(exc)), 400
-    outcome = handle(event)
+    outcome = webhooks.handle(event)
     current_app.logger.info("%s %s (%s): %s", label, event["id"], event["type"], outcome)
     return jsonify(received=True, outcome=outcome)
 
@@ -89,11 +91,11 @@ def _receive(handle, label: str, secret_keys: tuple[str, ...]):
 @webhook_bp.post("/stripe/webhook")
 @csrf.exempt
 def stripe_webhook():
-    return _receive(billing.handle_event, "stripe event", billing.PLATFORM_SECRETS)
+    return _receive("stripe event", stripe.PLATFORM_SECRETS)
 
 
 @webhook_bp.post("/stripe/connect-webhook")
 @csrf.exempt
 def stripe_connect_webhook():
     """Events from host owners' connected accounts (Stripe sends them to a separate Connect endpoint)."""
-    return _receive(payouts.handle_connect_event, "stripe connect event", billing.CONNECT_SECRETS)
+    return _receive("stripe connect event", stripe.CONNECT_SECRETS)

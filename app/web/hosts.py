@@ -8,9 +8,11 @@ from wtforms import StringField, TextAreaField
 from wtforms.validators import Length
 
 from .. import hosts as host_service
-from .. import payouts, schedule
+from .. import schedule
 from ..extensions import db
 from ..models import Host, utcnow
+from ..money import connect, payouts, stripe
+from ..money.units import MICRO
 from . import role_required
 from .forms import ActionForm, Form
 
@@ -85,7 +87,7 @@ def _page(*, forms: dict | None = None, model_errors: dict | None = None, **cont
         vram_by_host={host.id: host_service.gpu_memory_mib(host) for host in machines},
         model_errors=model_errors or {}, payout=payouts.summary(current_user),
         earned_per_day=host_service.earnings_per_day(current_user), markets=host_service.markets(current_user),
-        payouts_enabled=payouts.enabled(), **context)
+        payouts_enabled=stripe.enabled(), **context)
 
 
 @bp.get("")
@@ -173,9 +175,9 @@ def set_model(host_id: int):
 
 def _onboarding_redirect():
     try:
-        url = payouts.onboarding_link(current_user, refresh_url=url_for("hosts.payouts_refresh", _external=True),
+        url = connect.onboarding_link(current_user, refresh_url=url_for("hosts.payouts_refresh", _external=True),
                                       return_url=url_for("hosts.payouts_return", _external=True))
-    except payouts.PayoutError as exc:
+    except connect.PayoutError as exc:
         flash(str(exc), "error")
         return redirect(url_for("hosts.dashboard"))
     return redirect(url, 303)
@@ -195,12 +197,12 @@ def payouts_threshold():
     raw = request.form.get("threshold", "").strip().lstrip("$").replace(",", "")
     try:
         if raw and not raw.isdigit():
-            raise payouts.PayoutError("The threshold is a whole number of dollars.")
-        account = payouts.set_threshold(current_user, int(raw) if raw else None)
-    except payouts.PayoutError as exc:
+            raise connect.PayoutError("The threshold is a whole number of dollars.")
+        account = connect.set_threshold(current_user, int(raw) if raw else None)
+    except connect.PayoutError as exc:
         flash(str(exc), "error")
         return _page(), 400
-    flash(f"Payouts now start once ${account.threshold // 1_000_000:,} is available." if account.threshold
+    flash(f"Payouts now start once ${account.threshold // MICRO:,} is available." if account.threshold
           else "Payouts now use the default threshold.", "success")
     return redirect(url_for("hosts.dashboard"))
 
@@ -225,7 +227,7 @@ def payouts_return():
 @role_required("host")
 def payouts_check():
     """Read the payout account's state back from Stripe (the redirect from Stripe proves nothing)."""
-    account = payouts.refresh_account(current_user)
+    account = connect.refresh_account(current_user)
     if request.htmx:
         return render_template("hosts/_payout_check.html", account=account)
     if account is not None and account.payouts_enabled:

@@ -5,6 +5,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from .. import api_keys, catalog
+from ..money import units
 from . import flash_error, role_required
 from .forms import ActionForm, KeyForm, RenameKeyForm
 
@@ -43,10 +44,10 @@ def create():
     if not form.validate_on_submit():
         return _panel(form, status=400)
     try:
-        limit = catalog.usd(form.spend_limit.data) if form.spend_limit.data else None
+        limit = units.usd(form.spend_limit.data) if form.spend_limit.data else None
         key, secret = api_keys.create_key(current_user, form.name.data, spend_limit=limit,
                                           allowed_models=form.models.data)
-    except (api_keys.ApiKeyError, catalog.CatalogError) as exc:
+    except (api_keys.ApiKeyError, units.AmountError) as exc:
         form.name.errors = [*form.name.errors, str(exc)]
         return _panel(form, status=400)
     return _panel(_key_form(formdata=None), created=key, secret=secret)  # an empty form for the next key

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, render_template, request
 from flask_login import current_user
 
-from .. import ledger, usage
+from ..money import ledger, usage
 from . import page_number, role_required
 
 bp = Blueprint("usage", __name__, url_prefix="/usage")

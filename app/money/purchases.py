@@ -1,4 +1,4 @@
-"""Buying credits with Stripe Checkout, and acting on Stripe's webhook events.
+"""Buying credits with Stripe Checkout, and what Stripe's events about a payment do to the ledger.
 
 A purchase starts as a Checkout Session; credits land in the ledger only when a
 signed webhook event says the payment succeeded, never from the browser's
@@ -12,41 +12,24 @@ Amounts: Stripe speaks cents, the ledger micro-USD (one cent is 10,000).
 """
 from __future__ import annotations
 
-import json
-import time
 import uuid
 
 import stripe
 from flask import current_app
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from ..extensions import db
+from ..models import LedgerEntry, Purchase, StripeEvent, User, utcnow
 from . import ledger
-from .extensions import db
-from .models import LedgerEntry, Purchase, StripeEvent, User, utcnow
+from .stripe import client, enabled
+from .units import CURRENCY, MICRO_PER_CENT
 
-MICRO_PER_CENT = 10_000
 PACKS_USD = (5, 20, 50)
-CURRENCY = "usd"
 
 
-class BillingError(ValueError):
+class PurchaseError(ValueError):
     """A purchase that cannot be started; the message is for the client."""
-
-
-class WebhookRejected(ValueError):
-    """A webhook delivery that is not provably from Stripe, or not fresh; nothing was changed."""
-
-
-def enabled() -> bool:
-    """Whether purchases can be made: a Stripe key (real, or the local stand-in's) is configured."""
-    return bool(current_app.config.get("STRIPE_SECRET_KEY"))
-
-
-def stripe_client() -> stripe.StripeClient:
-    config = current_app.config
-    return stripe.StripeClient(config["STRIPE_SECRET_KEY"], base_addresses={"api": config["STRIPE_API_BASE"]},
-                               max_network_retries=2)
 
 
 def limits() -> tuple[int, int]:
@@ -57,13 +40,13 @@ def limits() -> tuple[int, int]:
 def start_checkout(user: User, dollars: int, *, success_url: str, cancel_url: str) -> tuple[Purchase, str]:
     """Create a Checkout Session for ``dollars`` of credits; returns the purchase and the URL to send the client to."""
     if not enabled():
-        raise BillingError("Payments are not set up on this server.")
+        raise PurchaseError("Payments are not set up on this server.")
     low, high = limits()
     if not low <= dollars <= high:
-        raise BillingError(f"Choose an amount from ${low} to ${high:,}.")
+        raise PurchaseError(f"Choose an amount from ${low} to ${high:,}.")
     cents = dollars * 100
     try:
-        session = stripe_client().v1.checkout.sessions.create(params={
+        session = client().v1.checkout.sessions.create(params={
             "mode": "payment",
             "line_items": [{"quantity": 1, "price_data": {
                 "currency": CURRENCY, "unit_amount": cents,
@@ -77,7 +60,7 @@ def start_checkout(user: User, dollars: int, *, success_url: str, cancel_url: st
         }, options={"idempotency_key": f"checkout-{user.id}-{uuid.uuid4().hex}"})
     except stripe.StripeError as exc:
         current_app.logger.warning("Stripe refused a checkout session: %s", exc)
-        raise BillingError("Stripe could not start the payment. Try again in a moment.") from None
+        raise PurchaseError("Stripe could not start the payment. Try again in a moment.") from None
     purchase = Purchase(user_id=user.id, session_id=session.id, amount=cents * MICRO_PER_CENT, currency=CURRENCY)
     db.session.add(purchase)
     db.session.commit()
@@ -97,80 +80,7 @@ def get_purchase(user: User, *, purchase_id: int | None = None, session_id: str 
     return db.session.scalar(query.execution_options(populate_existing=True))
 
 
-# --- the webhook -------------------------------------------------------------------------------------------------
-
-PLATFORM_SECRETS = ("STRIPE_WEBHOOK_SECRET", "STRIPE_WEBHOOK_SECRET_PREVIOUS")  # the current one, and while rotating
-CONNECT_SECRETS = ("STRIPE_CONNECT_WEBHOOK_SECRET",)
-
-
-def verify(payload: bytes, header: str | None, *, now: float | None = None,
-           secret_keys: tuple[str, ...] = PLATFORM_SECRETS) -> dict:
-    """The event in ``payload`` when ``header`` carries a valid Stripe signature made within the tolerance.
-
-    Stripe's library checks the signature (any ``v1`` entry, against the current or the previous secret)
-    and refuses old timestamps; it accepts ones from the future, so both directions are checked here."""
-    config = current_app.config
-    if not header:
-        raise WebhookRejected("missing Stripe-Signature header")
-    secrets = [config.get(key) for key in secret_keys if config.get(key)]
-    if not secrets:
-        raise WebhookRejected(f"webhooks are not configured (no {secret_keys[0]})")
-    tolerance = config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"]
-    try:
-        timestamp = int(dict(item.split("=", 1) for item in header.split(",") if "=" in item)["t"])
-        body = payload.decode("utf-8")
-    except (KeyError, ValueError):
-        raise WebhookRejected("malformed Stripe-Signature header or body") from None
-    if abs((time.time() if now is None else now) - timestamp) > tolerance:
-        raise WebhookRejected("timestamp outside the tolerance")
-    for secret in secrets:
-        try:
-            stripe.WebhookSignature.verify_header(body, header, secret, tolerance)
-            break
-        except stripe.SignatureVerificationError:
-            continue
-    else:
-        raise WebhookRejected("no valid signature")
-    try:
-        event = json.loads(body)
-        shaped = isinstance(event["id"], str) and isinstance(event["type"], str) and \
-            isinstance(event["data"]["object"], dict)
-    except (ValueError, KeyError, TypeError):
-        shaped = False
-    if not shaped:
-        raise WebhookRejected("not a Stripe event")
-    return event
-
-
-def handle_event(event: dict) -> str:
-    """Act on one verified event, exactly once; returns what happened, in a word or two."""
-    obj = event["data"]["object"]
-    payment_intent = _payment_intent(obj)
-    if payment_intent:
-        # Every event about one payment takes this lock first: a refund that comes before the payment's
-        # completion is stored as waiting before the completion looks for waiting events, never beside it.
-        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:pi))"), {"pi": payment_intent})
-    if not record_event(event, payment_intent=payment_intent):
-        return "duplicate"
-    handler = HANDLERS.get(event["type"])
-    outcome = handler(event) if handler else "ignored"
-    db.session.commit()
-    return outcome
-
-
-def record_event(event: dict, *, payment_intent: str | None = None) -> bool:
-    """Store a verified event by its id in the current transaction, the one that acts on it.
-    False (and the transaction rolled back) when it was stored before: a redelivery."""
-    stored = db.session.execute(
-        insert(StripeEvent).values(id=event["id"], type=event["type"], payment_intent_id=payment_intent,
-                                   applied=True, payload=event)
-        .on_conflict_do_nothing(index_elements=["id"]).returning(StripeEvent.id)).scalar_one_or_none()
-    if stored is None:
-        db.session.rollback()
-    return stored is not None
-
-
-def _payment_intent(obj: dict) -> str | None:
+def payment_intent_of(obj: dict) -> str | None:
     value = obj.get("payment_intent")
     return value.get("id") if isinstance(value, dict) else value
 
@@ -198,12 +108,12 @@ def _session_purchase(session: dict) -> Purchase | None:
     return _lock_purchase(session_id=session["id"])
 
 
-def _session_completed(event: dict) -> str:
+def session_completed(event: dict) -> str:
     session = event["data"]["object"]
     purchase = _session_purchase(session)
     if purchase is None:
         return "unknown session"
-    payment_intent = _payment_intent(session)
+    payment_intent = payment_intent_of(session)
     if payment_intent and purchase.payment_intent_id is None:
         purchase.payment_intent_id = payment_intent
     paid = event["type"] == "checkout.session.async_payment_succeeded" or session.get("payment_status") == "paid"
@@ -227,12 +137,12 @@ def _session_completed(event: dict) -> str:
             StripeEvent.payment_intent_id == purchase.payment_intent_id, StripeEvent.applied.is_(False))
             .order_by(StripeEvent.received_at, StripeEvent.id).with_for_update())
         for stored in waiting:
-            HANDLERS[stored.type](stored.payload)
+            PAYMENT_EVENTS[stored.type](stored.payload)
             stored.applied = True
     return "credited"
 
 
-def _session_failed(event: dict) -> str:
+def session_failed(event: dict) -> str:
     purchase = _session_purchase(event["data"]["object"])
     if purchase is None:
         return "unknown session"
@@ -245,7 +155,7 @@ def _session_failed(event: dict) -> str:
 def _reversal(event: dict, kind: str, transfer_id: str, wanted) -> str:
     """Take back part of a paid purchase (a refund or a dispute); waits when the payment isn't credited yet."""
     obj = event["data"]["object"]
-    purchase = _lock_purchase(payment_intent_id=_payment_intent(obj))
+    purchase = _lock_purchase(payment_intent_id=payment_intent_of(obj))
     if purchase is None or purchase.status != "paid":
         db.session.execute(StripeEvent.__table__.update().where(StripeEvent.id == event["id"]).values(applied=False))
         return "waiting for payment"
@@ -267,28 +177,28 @@ def _reversal(event: dict, kind: str, transfer_id: str, wanted) -> str:
     return f"{kind} taken"
 
 
-def _charge_refunded(event: dict) -> str:
+def charge_refunded(event: dict) -> str:
     # amount_refunded is the charge's running total, so a late partial refund never takes twice.
     total = event["data"]["object"]["amount_refunded"] * MICRO_PER_CENT
     return _reversal(event, "refund", f"refund:{event['id']}", lambda purchase: total - purchase.refunded)
 
 
-def _dispute_created(event: dict) -> str:
+def dispute_created(event: dict) -> str:
     dispute = event["data"]["object"]
     return _reversal(event, "dispute", f"dispute:{dispute['id']}", lambda purchase: dispute["amount"] * MICRO_PER_CENT)
 
 
-def _dispute_reinstated(event: dict) -> str:
+def dispute_reinstated(event: dict) -> str:
     """The platform won the dispute: Stripe gives the money back, and so do we (paying any debt first)."""
     dispute = event["data"]["object"]
-    outcome = _dispute_created(event)  # the dispute's own event may not have come yet: take first, as it would
+    outcome = dispute_created(event)  # the dispute's own event may not have come yet: take first, as it would
     if outcome == "waiting for payment":
         return outcome
     taken = db.session.scalar(select(LedgerEntry.amount).where(
         LedgerEntry.transfer_id == f"dispute:{dispute['id']}", LedgerEntry.account_id == _stripe_account()))
     if not taken:
         return "nothing to give back"
-    purchase = _lock_purchase(payment_intent_id=_payment_intent(dispute))
+    purchase = _lock_purchase(payment_intent_id=payment_intent_of(dispute))
     if not ledger.post(f"dispute:{dispute['id']}:reinstated", "dispute",
                        ledger.credit_entries(_stripe_account(), purchase.user_id, taken),
                        memo=f"Stripe dispute {dispute['id']} won"):
@@ -298,21 +208,16 @@ def _dispute_reinstated(event: dict) -> str:
     return "dispute won"
 
 
-def _transfer_reversed(event: dict) -> str:
-    from .payouts import transfer_reversed  # payouts builds on this module
-
-    return transfer_reversed(event["data"]["object"])
-
-
-HANDLERS = {
-    "checkout.session.completed": _session_completed,
-    "checkout.session.async_payment_succeeded": _session_completed,
-    "checkout.session.async_payment_failed": _session_failed,
-    "checkout.session.expired": _session_failed,
-    "charge.refunded": _charge_refunded,
-    "charge.dispute.created": _dispute_created,
-    "charge.dispute.funds_reinstated": _dispute_reinstated,
-    "transfer.reversed": _transfer_reversed,
+# Stripe's events about one payment, by type; ``webhooks`` dispatches to them, and a completed payment replays
+# those that came before it.
+PAYMENT_EVENTS = {
+    "checkout.session.completed": session_completed,
+    "checkout.session.async_payment_succeeded": session_completed,
+    "checkout.session.async_payment_failed": session_failed,
+    "checkout.session.expired": session_failed,
+    "charge.refunded": charge_refunded,
+    "charge.dispute.created": dispute_created,
+    "charge.dispute.funds_reinstated": dispute_reinstated,
 }
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from . import audit
-from .extensions import db
-from .models import LedgerAccount, LedgerEntry, LedgerTransfer, User
+from .. import audit
+from ..extensions import db
+from ..models import LedgerAccount, LedgerEntry, LedgerTransfer, User
+from .units import dollars
 
-MAX_GRANT = 100_000 * 1_000_000  # one admin grant is at most $100,000
+MAX_GRANT = dollars(100_000)  # one admin grant is at most $100,000
 
 
 class LedgerError(ValueError):

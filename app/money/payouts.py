@@ -1,7 +1,7 @@
-"""Paying host owners their earnings through Stripe Connect.
+"""Paying host owners their earnings through Stripe Connect transfers, exactly once.
 
-An owner connects a Stripe Express account (account-link onboarding). The
-payout job then pays each owner whose available earnings reach the threshold:
+The payout job pays each owner whose available earnings reach the threshold
+(the owner connects a Stripe account first: ``connect``):
 
 1. one transaction stores the payout with a fresh idempotency key and moves
    the amount (whole cents) from the owner's ``host`` ledger account to
@@ -16,10 +16,6 @@ that Stripe says was used with other parameters is never replaced: the payout
 needs a person's attention. A transfer Stripe refuses (no balance, an account
 that can't be paid) puts the amount back on the host account, still owed, and
 the owner is tried again later, a bounded number of times in a row.
-
-Connect webhook events keep the account's onboarding state (``account.updated``)
-and tell the host when Stripe could not move the money on to their bank
-(``payout.failed``, cleared by ``payout.paid``).
 """
 from __future__ import annotations
 
@@ -33,23 +29,21 @@ from flask import current_app
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from . import audit, ledger
-from .billing import MICRO_PER_CENT, enabled, record_event, stripe_client
-from .extensions import db
-from .models import LedgerAccount, Payout, PayoutAccount, User, utcnow
+from .. import audit
+from ..extensions import db
+from ..models import LedgerAccount, Payout, PayoutAccount, User, utcnow
+from . import ledger
+from .connect import payout_account
+from .stripe import client
+from .units import CURRENCY, MICRO_PER_CENT, dollars
 
 log = logging.getLogger(__name__)
 
-CURRENCY = "usd"
 # Stripe keeps idempotency keys for 24 hours; past this age a payout is looked up before it is sent again.
 KEY_TRUSTED_FOR = timedelta(hours=23)
 # How long one run owns a payout it is sending; a run that dies frees it after this.
 SEND_LEASE = timedelta(minutes=5)
 OPEN = ("pending", "needs_attention")
-
-
-class PayoutError(ValueError):
-    """Onboarding that cannot go on; the message is for the host."""
 
 
 @dataclass
@@ -77,113 +71,17 @@ class Summary:
 
 
 def default_threshold() -> int:
-    return current_app.config["PAYOUT_THRESHOLD_USD"] * 1_000_000
-
-
-def payout_account(user: User | int) -> PayoutAccount | None:
-    return db.session.get(PayoutAccount, getattr(user, "id", user), populate_existing=True)
-
-
-# --- onboarding -----------------------------------------------------------------------------------------------
-
-def onboarding_link(user: User, *, refresh_url: str, return_url: str) -> str:
-    """The Stripe-hosted onboarding page for ``user``'s Express account, made on first use."""
-    if not enabled():
-        raise PayoutError("Payouts are not set up on this server.")
-    client = stripe_client()
-    account = payout_account(user)
-    try:
-        if account is None:
-            created = client.v1.accounts.create(params={
-                "type": "express", "country": "US", "email": user.email,
-                "capabilities": {"transfers": {"requested": True}},
-                "metadata": {"user_id": str(user.id)},
-            }, options={"idempotency_key": f"connect-account-{user.id}"})
-            db.session.execute(insert(PayoutAccount).values(user_id=user.id, stripe_account_id=created.id)
-                               .on_conflict_do_nothing(index_elements=["user_id"]))
-            db.session.commit()
-            account = payout_account(user)
-        link = client.v1.account_links.create(params={
-            "account": account.stripe_account_id, "type": "account_onboarding",
-            "refresh_url": refresh_url, "return_url": return_url})
-    except stripe.StripeError as exc:
-        db.session.rollback()
-        log.warning("Stripe refused onboarding for user %s: %s", user.id, exc)
-        raise PayoutError("Stripe could not start the set-up. Try again in a moment.") from None
-    return link.url
-
-
-def refresh_account(user: User) -> PayoutAccount | None:
-    """Read the account's onboarding state back from Stripe (after the host returns from onboarding)."""
-    account = payout_account(user)
-    if account is None or not enabled():
-        return account
-    try:
-        remote = stripe_client().v1.accounts.retrieve(account.stripe_account_id)
-    except stripe.StripeError as exc:
-        log.warning("Stripe could not say how account %s stands: %s", account.stripe_account_id, exc)
-        return account
-    account.details_submitted = bool(remote.details_submitted)
-    account.payouts_enabled = bool(remote.payouts_enabled)
-    account.updated_at = utcnow()
-    db.session.commit()
-    return account
-
-
-MAX_THRESHOLD_USD = 100_000
-
-
-def set_threshold(user: User, dollars: int | None) -> PayoutAccount:
-    """The owner's own payout threshold in whole dollars; None goes back to the server's default."""
-    account = payout_account(user)
-    if account is None:
-        raise PayoutError("Set up payouts first.")
-    if dollars is not None and not 1 <= dollars <= MAX_THRESHOLD_USD:
-        raise PayoutError(f"Choose a threshold from $1 to ${MAX_THRESHOLD_USD:,}, or leave it empty for the default.")
-    account.threshold = dollars * 1_000_000 if dollars is not None else None
-    account.updated_at = utcnow()
-    db.session.commit()
-    return account
-
-
-# --- Connect webhook events ---------------------------------------------------------------------------------
-
-def handle_connect_event(event: dict) -> str:
-    """Act on one verified event from a connected account, exactly once (stored by id, as billing's are)."""
-    if not record_event(event):
-        return "duplicate"
-    obj = event["data"]["object"]
-    account_id = event.get("account") or (obj.get("id") if obj.get("object") == "account" else None)
-    account = db.session.scalar(select(PayoutAccount).where(PayoutAccount.stripe_account_id == account_id)
-                                .with_for_update()) if account_id else None
-    if account is None:
-        outcome = "ignored"
-    elif event["type"] == "account.updated":
-        account.details_submitted = bool(obj.get("details_submitted"))
-        account.payouts_enabled = bool(obj.get("payouts_enabled"))
-        account.updated_at = utcnow()
-        outcome = "account updated"
-    elif event["type"] == "payout.failed":
-        # Our transfer arrived; Stripe could not move it on to the host's bank. Shown until a payout succeeds.
-        reason = obj.get("failure_message") or obj.get("failure_code") or "the bank refused it"
-        account.bank_payout_error = f"{obj.get('failure_code') or 'failed'}: {reason}"[:2000]
-        account.updated_at = utcnow()
-        log.warning("Stripe payout %s to the bank of %s failed: %s", obj.get("id"), account_id, reason)
-        outcome = "bank payout failed"
-    elif event["type"] == "payout.paid":
-        account.bank_payout_error = None
-        account.updated_at = utcnow()
-        outcome = "bank payout paid"
-    else:
-        outcome = "ignored"
-    db.session.commit()
-    return outcome
+    return dollars(current_app.config["PAYOUT_THRESHOLD_USD"])
 
 
 def payout_id_of(transfer: dict) -> int | None:
     """The payout a Stripe transfer pays, from the metadata it was made with; None for another transfer."""
     value = str((transfer.get("metadata") or {}).get("payout_id") or "")
     return int(value) if value.isdigit() else None
+
+
+def transfer_reversed_event(event: dict) -> str:
+    return transfer_reversed(event["data"]["object"])
 
 
 def transfer_reversed(transfer: dict) -> str:
@@ -396,7 +294,7 @@ def send(payout_id: int) -> str:
     if payout is None:
         return "busy"
     try:
-        made = transfer(stripe_client(), payout)
+        made = transfer(client(), payout)
     except stripe.IdempotencyError as exc:
         # The stored key was used with other parameters: never invent a new key, a person must look.
         log.error("payout %s: Stripe refused its idempotency key %s: %s", payout.id, payout.idempotency_key, exc)

@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import func, select
 
-from .extensions import db
-from .models import ApiKey, CatalogModel, UsageRecord, User, utcnow
+from ..extensions import db
+from ..models import ApiKey, CatalogModel, UsageRecord, User, utcnow
 
 PAGE_SIZE = 25
 

@@ -19,11 +19,11 @@ import stripe
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import selectinload
 
-from . import billing, ledger, payouts
-from .billing import MICRO_PER_CENT
-from .catalog import format_usd
-from .extensions import db
-from .models import LedgerAccount, LedgerEntry, Payout, Purchase, utcnow
+from ..extensions import db
+from ..models import LedgerAccount, LedgerEntry, Payout, Purchase, utcnow
+from . import ledger, payouts
+from .stripe import client, enabled
+from .units import MICRO_PER_CENT, format_cents, format_usd
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,6 @@ class Reconciliation:
         return self.stripe_checked and not self.mismatches
 
 
-def usd_cents(cents: int) -> str:
-    return format_usd(cents * MICRO_PER_CENT)
-
-
 # --- the page's figures -------------------------------------------------------------------------------------------
 
 def position() -> Position:
@@ -166,14 +162,15 @@ def reconcile() -> Reconciliation:
     result = Reconciliation()
     sessions = transfers = None
     db.session.commit()  # no transaction stays open while Stripe answers
-    if not billing.enabled():
+    if not enabled():
         result.notes.append("Reconciliation with Stripe needs Stripe configured (set STRIPE_SECRET_KEY): only the "
                             "ledger's own rules were checked.")
     else:
-        client = billing.stripe_client()
+        stripe_client = client()
         try:
-            sessions = _listed(client.v1.checkout.sessions.list(params={"limit": PAGE, "expand": [SESSION_EXPAND]}))
-            transfers = _listed(client.v1.transfers.list(params={"limit": PAGE}))
+            sessions = _listed(stripe_client.v1.checkout.sessions.list(params={"limit": PAGE,
+                                                                               "expand": [SESSION_EXPAND]}))
+            transfers = _listed(stripe_client.v1.transfers.list(params={"limit": PAGE}))
         except stripe.StripeError as exc:
             log.warning("reconciliation could not list from Stripe: %s", exc)
             result.notes.append(f"Stripe could not be reached or refused the request, so nothing was compared with "
@@ -236,7 +233,7 @@ def _check_purchases(sessions: list[dict], capped: bool) -> list[Mismatch]:
         credited = purchase is not None and purchase.status == "paid"
         if paid_there and not credited:
             state = "no purchase was recorded" if purchase is None else f"the purchase is {purchase.status}"
-            add(session["id"], f"Stripe was paid {usd_cents(cents)} for this Checkout Session but no credits were "
+            add(session["id"], f"Stripe was paid {format_cents(cents)} for this Checkout Session but no credits were "
                                f"given here ({state}): its webhook never arrived or failed.")
         elif credited and not paid_there:
             add(session["id"], f"Purchase {purchase.id} ({purchase.user.email}) was credited "
@@ -245,11 +242,12 @@ def _check_purchases(sessions: list[dict], capped: bool) -> list[Mismatch]:
         elif credited:
             if cents * MICRO_PER_CENT != purchase.amount:
                 add(session["id"], f"Purchase {purchase.id} ({purchase.user.email}): Stripe was paid "
-                                   f"{usd_cents(cents)} but {format_usd(purchase.amount)} was credited here.")
+                                   f"{format_cents(cents)} but {format_usd(purchase.amount)} was credited here.")
             refunded = _refunded_cents(session)
             if refunded is not None and refunded * MICRO_PER_CENT != purchase.refunded:
                 add(session["id"], f"Purchase {purchase.id} ({purchase.user.email}): Stripe refunded "
-                                   f"{usd_cents(refunded)} but the ledger took back {format_usd(purchase.refunded)}.")
+                                   f"{format_cents(refunded)} but the ledger took back "
+                                   f"{format_usd(purchase.refunded)}.")
     for purchase in rows:
         if purchase.status == "paid" and purchase.session_id not in seen:
             add(purchase.session_id, f"Purchase {purchase.id} ({purchase.user.email}) was credited "
@@ -278,26 +276,26 @@ def _check_payouts(transfers: list[dict], capped: bool) -> list[Mismatch]:
         cents, destination = transfer.get("amount") or 0, transfer.get("destination")
         if payout is None:
             named = f" (its metadata names payout {payout_id}, which does not exist)" if payout_id else ""
-            add(transfer["id"], f"Stripe transferred {usd_cents(cents)} to {destination} with no payout here"
+            add(transfer["id"], f"Stripe transferred {format_cents(cents)} to {destination} with no payout here"
                                 f"{named}: the ledger never took it from a host's earnings.")
         elif payout.status != "paid":
-            add(transfer["id"], f"Stripe transferred {usd_cents(cents)} for payout {payout.id} "
+            add(transfer["id"], f"Stripe transferred {format_cents(cents)} for payout {payout.id} "
                                 f"({payout.user.email}), which is still {payout.status.replace('_', ' ')} here.")
         elif payout.stripe_transfer_id != transfer["id"]:
             add(transfer["id"], f"Payout {payout.id} ({payout.user.email}) was paid by transfer "
                                 f"{payout.stripe_transfer_id}, but Stripe also made this transfer of "
-                                f"{usd_cents(cents)} for it: the host may have been paid twice.")
+                                f"{format_cents(cents)} for it: the host may have been paid twice.")
         else:
             if cents * MICRO_PER_CENT != payout.amount:
                 add(transfer["id"], f"Payout {payout.id} ({payout.user.email}): Stripe transferred "
-                                    f"{usd_cents(cents)} but the ledger paid out {format_usd(payout.amount)}.")
+                                    f"{format_cents(cents)} but the ledger paid out {format_usd(payout.amount)}.")
             if destination != payout.destination:
                 add(transfer["id"], f"Payout {payout.id} ({payout.user.email}) was for {payout.destination}, "
                                     f"but Stripe's transfer went to {destination}.")
             reversed_cents = transfer.get("amount_reversed") or 0
             if reversed_cents * MICRO_PER_CENT != payout.reversed:
                 add(transfer["id"], f"Payout {payout.id} ({payout.user.email}): Stripe reversed "
-                                    f"{usd_cents(reversed_cents)} of its transfer but the ledger took back "
+                                    f"{format_cents(reversed_cents)} of its transfer but the ledger took back "
                                     f"{format_usd(payout.reversed)}.")
     for payout in rows:
         if payout.status == "paid" and payout.stripe_transfer_id not in seen:
