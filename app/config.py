@@ -109,6 +109,20 @@ def normalise_database_url(url: str) -> str:
     raise ConfigError("DATABASE_URL must be a postgresql:// URL")
 
 
+SERVICES_FILE = "services.env"
+
+
+def _running_services(data_dir: Path) -> dict[str, str]:
+    """The URLs of the PostgreSQL and Redis that a ``make run`` on ``data_dir`` runs (it writes them to
+    ``services.env`` while it runs), so that a flask command beside it needs no settings."""
+    try:
+        lines = (data_dir / SERVICES_FILE).read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line)
+    return {name: value for name, value in pairs if name in ("DATABASE_URL", "REDIS_URL")}
+
+
 def _dev_secret(data_dir: Path) -> str:
     """A per-installation secret kept in the data directory, so sessions survive restarts."""
     path = data_dir / "secret_key"
@@ -129,8 +143,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
     production = environment == "production"
     data_dir = Path(env_str(env, "GPUSHARE_DATA_DIR", "instance")).resolve()
 
-    database_url = env_str(env, "DATABASE_URL")
-    redis_url = env_str(env, "REDIS_URL")
+    running = {} if production else _running_services(data_dir)
+    database_url = env_str(env, "DATABASE_URL") or running.get("DATABASE_URL")
+    redis_url = env_str(env, "REDIS_URL") or running.get("REDIS_URL")
     secret_key = env_secret(env, "SECRET_KEY")
 
     if production:
@@ -236,7 +251,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "DIAGNOSTICS_CONNECT_TIMEOUT": env_int(env, "DIAGNOSTICS_CONNECT_TIMEOUT", 10, minimum=1, maximum=120),
         "DIAGNOSTICS_TIMEOUT_SECONDS": env_int(env, "DIAGNOSTICS_TIMEOUT_SECONDS", 90, minimum=1, maximum=600),
         # Buying credits (app/money/purchases.py). With no STRIPE_SECRET_KEY payments are off, except that `make run`
-        # then starts the local Stripe stand-in (app/stripe_standin.py) and uses it, unless STRIPE_STANDIN is off.
+        # then starts the local Stripe stand-in (app/dev/stripe_standin) and uses it, unless STRIPE_STANDIN is off.
         "STRIPE_SECRET_KEY": env_secret(env, "STRIPE_SECRET_KEY"),
         "STRIPE_WEBHOOK_SECRET": env_secret(env, "STRIPE_WEBHOOK_SECRET"),
         # The secret being rotated out: signatures made with either are accepted until it is removed.

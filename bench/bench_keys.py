@@ -8,6 +8,7 @@ prints requests per second and latency percentiles. Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import api_keys, catalog, create_app, tokens  # noqa: E402
+from app.dev.embedded import EmbeddedServices  # noqa: E402
 from app.extensions import db, redis_client  # noqa: E402
 
 
@@ -45,22 +47,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data_dir:
-        app = create_app({"GPUSHARE_DATA_DIR": data_dir})
-        with app.app_context():
-            from flask_migrate import upgrade
-            upgrade()
-            catalog.seed()
-            from app.accounts import create_user
-            user = create_user("bench@example.com", "benchmark-password")
-            _, secret = api_keys.create_key(user, "bench")
-            client = app.test_client()
-            timed(client, secret, 50, flush_cache=False)  # warm up
-            print(f"/v1/models, {args.requests} requests, one process (Flask test client, no network)")
-            report("cached key (Redis hit)", timed(client, secret, args.requests, flush_cache=False))
-            report("uncached key (PostgreSQL)", timed(client, secret, args.requests // 4, flush_cache=True))
-            db.engine.dispose()
-        app.extensions["embedded"].stop()
-
+        services = EmbeddedServices(Path(data_dir))
+        try:
+            os.environ.update(DATABASE_URL=services.start_postgres(), REDIS_URL=services.start_redis())
+            app = create_app({"GPUSHARE_DATA_DIR": data_dir})
+            with app.app_context():
+                from flask_migrate import upgrade
+                upgrade()
+                catalog.seed()
+                from app.accounts import create_user
+                user = create_user("bench@example.com", "benchmark-password")
+                _, secret = api_keys.create_key(user, "bench")
+                client = app.test_client()
+                timed(client, secret, 50, flush_cache=False)  # warm up
+                print(f"/v1/models, {args.requests} requests, one process (Flask test client, no network)")
+                report("cached key (Redis hit)", timed(client, secret, args.requests, flush_cache=False))
+                report("uncached key (PostgreSQL)", timed(client, secret, args.requests // 4, flush_cache=True))
+                db.engine.dispose()
+        finally:
+            services.stop()
 
 if __name__ == "__main__":
     main()

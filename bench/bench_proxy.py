@@ -68,8 +68,9 @@ def prepare(data_dir: Path, upstreams: list[str]) -> tuple[str, str]:
     link.symlink_to(tokenizer_model(), target_is_directory=True)
     from flask_migrate import upgrade
 
-    from app import api_keys, catalog, create_app
+    from app import api_keys, create_app
     from app.accounts import create_user
+    from app.dev import demo
     from app.extensions import db
     from app.models import CatalogModel, Host, HostModel
     from app.money import ledger
@@ -77,7 +78,7 @@ def prepare(data_dir: Path, upstreams: list[str]) -> tuple[str, str]:
     app = create_app({"GPUSHARE_DATA_DIR": str(data_dir)})
     with app.app_context():
         upgrade()
-        catalog.seed()
+        demo.seed_models()
         client = create_user("bench@example.com", "benchmark-password")
         owner = create_user("host@example.com", "benchmark-password")
         ledger.grant(None, client, 90_000 * 1_000_000, memo="bench", transfer_id="bench")
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from app.embedded import EmbeddedServices
+    from app.dev.embedded import EmbeddedServices
 
     with tempfile.TemporaryDirectory(prefix="gpushare-bench-") as tmp:
         tmp = Path(tmp)

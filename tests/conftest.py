@@ -38,7 +38,7 @@ def servers(tmp_path_factory):
     embedded = None
     database_url, redis_url = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
     if not (database_url and redis_url):
-        from app.embedded import EmbeddedServices
+        from app.dev.embedded import EmbeddedServices
 
         embedded = EmbeddedServices(tmp_path_factory.mktemp("servers"))
         database_url = database_url or embedded.start_postgres()

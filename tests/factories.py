@@ -7,7 +7,8 @@ from types import SimpleNamespace
 from flask import current_app
 from sqlalchemy import select
 
-from app import accounts, api_keys, catalog
+from app import accounts, api_keys
+from app.dev import demo
 from app.extensions import db
 from app.models import CatalogModel, Host, HostModel, Invite, User, utcnow
 from app.money import ledger, units
@@ -38,7 +39,8 @@ def expire(invite: Invite) -> None:
 
 
 def seed_catalog() -> None:
-    catalog.seed()
+    """The models on sale and the demo and test models (the tests' hosts serve the tiny test model)."""
+    demo.seed_models()
 
 
 def personas() -> SimpleNamespace:
@@ -54,7 +56,7 @@ def make_host(owner: User, models: list[str], *, api_base: str = "http://127.0.0
               healthy: bool = True, enabled: bool = True, status: str = "approved") -> Host:
     """A host serving ``models`` (catalog ids; the catalog is seeded when empty) at ``api_base``."""
     if not db.session.scalar(select(CatalogModel.id).limit(1)):
-        catalog.seed()
+        seed_catalog()
     host = Host(owner_id=owner.id, name=name, status=status, enabled=enabled, healthy=healthy, api_base=api_base)
     db.session.add(host)
     db.session.flush()

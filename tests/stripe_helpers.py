@@ -1,4 +1,4 @@
-"""The local Stripe stand-in (app/stripe_standin.py) on a real HTTP server, wired to the app under test."""
+"""The local Stripe stand-in (app/dev/stripe_standin) on a real HTTP server, wired to the app under test."""
 from __future__ import annotations
 
 import threading
@@ -6,9 +6,9 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
+from app.dev.stripe_standin import StandIn
 from app.extensions import db
 from app.money import ledger, purchases
-from app.stripe_standin import StandIn
 
 API_KEY = "sk_test_standin_for_tests"
 WEBHOOK_SECRET = "whsec_test_current"

@@ -149,7 +149,7 @@ def test_a_declined_card_or_a_cancel_credits_nothing(people, page, standin):
 
 
 def test_the_stand_in_runs_as_the_process_make_run_starts(tmp_path):
-    """``make run`` starts ``python -m app.stripe_standin``; the stripe library talks to it like to Stripe."""
+    """``make run`` starts ``python -m app.dev.stripe_standin``; the stripe library talks to it like to Stripe."""
     import subprocess
     import sys
     import time
@@ -163,7 +163,7 @@ def test_the_stand_in_runs_as_the_process_make_run_starts(tmp_path):
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "STRIPE_STANDIN_API_KEY": "sk_test_child",
            "STRIPE_STANDIN_WEBHOOK_SECRET": "whsec_x"}
-    command = [sys.executable, "-m", "app.stripe_standin", "--port", str(port), "--webhook-url",
+    command = [sys.executable, "-m", "app.dev.stripe_standin", "--port", str(port), "--webhook-url",
                "http://127.0.0.1:9/stripe/webhook", "--state", str(tmp_path / "standin.json")]
     child = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -2,13 +2,14 @@ import pytest
 from sqlalchemy import select
 
 from app import catalog
+from app.dev import demo
 from app.extensions import db
 from app.models import AuditEvent, CatalogModel
 from app.money.units import format_usd
 
 SEEDED = ["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct",
           "mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mixtral-8x7B-Instruct-v0.1", "Qwen/Qwen2.5-7B-Instruct",
-          "google/gemma-2-9b-it", "HuggingFaceTB/SmolLM2-135M-Instruct", "gpushare/tiny-chat"]
+          "google/gemma-2-9b-it"]
 
 
 def test_it_seeds_the_catalog_once_with_llama_first(ctx):
@@ -18,6 +19,19 @@ def test_it_seeds_the_catalog_once_with_llama_first(ctx):
     for model in catalog.all_models():
         assert model.floor_input_price <= model.input_price <= model.ceiling_input_price < model.reference_input_price
         assert model.license_name and model.license_url.startswith("https://")
+
+
+def test_flask_seed_puts_only_real_models_on_sale(app, client, ctx):
+    result = app.test_cli_runner().invoke(args=["seed"])
+    assert result.exit_code == 0 and f"{len(SEEDED)} added" in result.output
+    page = client.get("/models").get_data(as_text=True)
+    assert all(model.display_name in page for model in catalog.all_models())
+    assert "SmolLM2" not in page and "tiny" not in page
+
+
+def test_make_run_adds_the_demo_and_test_models_beside_the_real_ones(ctx):
+    assert demo.seed_models() == len(SEEDED) + 2
+    assert [m.hf_id for m in catalog.all_models()] == [*SEEDED, demo.DEMO_MODEL, demo.TINY_TEST_MODEL]
 
 
 def test_it_lists_models_publicly_with_license_and_price(client, ctx):

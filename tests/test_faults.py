@@ -26,8 +26,8 @@ from sqlalchemy.pool import NullPool
 
 from app import create_app
 from app.config import normalise_database_url
-from app.demo import read_env_file
-from app.embedded import EmbeddedPostgres
+from app.dev.demo import read_env_file
+from app.dev.embedded import EmbeddedPostgres
 from app.extensions import db
 from app.models import Host, UsageRecord
 from app.money import ledger

@@ -8,9 +8,9 @@ import urllib.request
 import pytest
 from sqlalchemy import func, select
 
+from app.dev.stripe_standin import sign
 from app.extensions import db
 from app.models import Purchase, StripeEvent
-from app.stripe_standin import sign
 
 from .concurrency import at_once
 from .stripe_helpers import OLD_WEBHOOK_SECRET, WEBHOOK_SECRET, available, check_ledger, owed, start

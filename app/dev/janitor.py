@@ -34,8 +34,14 @@ from pathlib import Path
 
 import psutil
 
+from app import ROOT
+from app.config import SERVICES_FILE
+
+from .instance import Instance
+
 RUN_MARKER = "GPUSHARE_RUN_ID"
 DATABASE_SERVERS = ("postgres", "redis-server")
+FINISH_SECONDS = 120
 NOTE_GROUPS_SECONDS = 3
 
 
@@ -159,6 +165,30 @@ def remove_network(netns: str | None, veth: str | None, links: list[str], tables
     return removed
 
 
+class Janitor:
+    """``serve``'s side: the watcher, started in its own session, that cleans up after the run whatever way it
+    ends."""
+
+    def __init__(self, run_id: str, data_dir: Path, instance: Instance, wireguard: bool):
+        args = ["--run-id", run_id, "--data-dir", str(data_dir)]
+        if wireguard:
+            from overlay.hub import firewall_table
+
+            hub = os.environ["OVERLAY_INTERFACE"]
+            args += ["--netns", instance.demo_namespace, "--veth", instance.demo_veth,
+                     "--link", hub, "--nft-table", firewall_table(hub)]
+        self.process = subprocess.Popen([sys.executable, "-m", "app.dev.janitor", *args], stdin=subprocess.PIPE,
+                                        cwd=ROOT, start_new_session=True)
+
+    def finish(self) -> None:
+        """Let it check that nothing is left (after our own orderly stop it finds nothing), and wait for it."""
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=FINISH_SECONDS)
+        except subprocess.TimeoutExpired:
+            _say("did not finish in time; some processes may be left")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.dev.janitor", description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", required=True)
@@ -182,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         groups |= groups_of(marked(args.run_id, (serve,))) - ours
     left = sweep(args.run_id, args.data_dir.resolve(), since, args.grace, spare=(serve,), groups=groups)
+    (args.data_dir / SERVICES_FILE).unlink(missing_ok=True)
     left += remove_network(args.netns, args.veth, args.link, args.nft_table)
     if left:
         _say("removed what the platform left behind: " + "; ".join(left))

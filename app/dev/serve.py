@@ -1,8 +1,8 @@
 """``python -m app.dev.serve`` (what ``make run`` runs): migrate, seed, and run the whole platform until Ctrl-C.
 
 The run takes a slot of its own on the machine (``instance``), starts its
-janitor before anything else, then the app (and with it the embedded
-PostgreSQL and Redis), and supervises the web app (gunicorn with gevent
+janitor before anything else, then PostgreSQL and Redis (``embedded``, unless
+``DATABASE_URL`` and ``REDIS_URL`` name servers), the app, and supervises the web app (gunicorn with gevent
 workers), the RQ worker and scheduler, the overlay hub, the Stripe stand-in
 and the demo host's agent: a process that dies is restarted with backoff.
 Ctrl-C (or SIGTERM) at any moment stops what was started, in order; if this
@@ -24,20 +24,20 @@ from pathlib import Path
 
 import click
 
-from app import ROOT, catalog
+from app import ROOT
 from app.config import ConfigError
 
-from . import demo_network
+from . import demo, demo_network
+from .embedded import EmbeddedError, EmbeddedServices
 from .instance import Instance, InstanceError, claim
-from .janitor import RUN_MARKER
+from .janitor import RUN_MARKER, Janitor
 from .supervisor import Supervisor
 
 READY_TIMEOUT_SECONDS = 60
-JANITOR_SECONDS = 120
 DEMO_ENGINE_PORT = 8100
 DEMO_READY_TIMEOUT_SECONDS = 600
 DEMO_STOP_SECONDS = 60  # the agent lets requests in flight finish, then stops its engine
-DEMO_MODELS = {"smollm2": catalog.DEMO_MODEL, "tiny-chat": catalog.TINY_TEST_MODEL}
+DEMO_MODELS = {"smollm2": demo.DEMO_MODEL, "tiny-chat": demo.TINY_TEST_MODEL}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -67,27 +67,22 @@ def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-class Janitor:
-    """The watcher that cleans up after this run whatever way it ends (``app/dev/janitor.py``)."""
-
-    def __init__(self, run_id: str, data_dir: Path, instance: Instance, wireguard: bool):
-        args = ["--run-id", run_id, "--data-dir", str(data_dir)]
-        if wireguard:
-            from overlay.hub import firewall_table
-
-            hub = os.environ["OVERLAY_INTERFACE"]
-            args += ["--netns", instance.demo_namespace, "--veth", instance.demo_veth,
-                     "--link", hub, "--nft-table", firewall_table(hub)]
-        self.process = subprocess.Popen(_python("-m", "app.dev.janitor", *args), stdin=subprocess.PIPE, cwd=ROOT,
-                                        start_new_session=True)
-
-    def finish(self) -> None:
-        """Let it check that nothing is left (after our own orderly stop it finds nothing), and wait for it."""
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=JANITOR_SECONDS)
-        except subprocess.TimeoutExpired:
-            click.echo("The janitor did not finish in time; some processes may be left.", err=True)
+def _start_services(data_dir: Path) -> EmbeddedServices | None:
+    """PostgreSQL and Redis: those ``DATABASE_URL`` and ``REDIS_URL`` name, else embedded ones under the data
+    directory, whose URLs go into the environment (the app and every child read them there) and into
+    ``services.env`` while the run lasts (flask commands beside it read them there)."""
+    if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
+        return None
+    services = EmbeddedServices(data_dir)
+    try:
+        if not os.environ.get("DATABASE_URL"):
+            os.environ["DATABASE_URL"] = services.start_postgres()
+        if not os.environ.get("REDIS_URL"):
+            os.environ["REDIS_URL"] = services.start_redis()
+    except EmbeddedError as error:
+        raise click.ClickException(str(error)) from None
+    services.publish(os.environ["DATABASE_URL"], os.environ["REDIS_URL"])
+    return services
 
 
 def _choose_overlay(instance: Instance) -> bool:
@@ -157,8 +152,10 @@ def _banner(info, env_path: Path, public: str, model: str | None) -> str:
 class Platform:
     """One run: what it started, and how to stop it."""
 
-    def __init__(self, app, instance: Instance, wireguard: bool, supervisor: Supervisor):
+    def __init__(self, app, instance: Instance, wireguard: bool, supervisor: Supervisor,
+                 services: EmbeddedServices | None):
         self.app, self.instance, self.wireguard, self.supervisor = app, instance, wireguard, supervisor
+        self.services = services
         self.data_dir = Path(app.config["GPUSHARE_DATA_DIR"])
         self.demo_network = self.standin = False
         self.env = self._child_env()
@@ -174,7 +171,7 @@ class Platform:
         return env
 
     def start_stripe_standin(self, public: str) -> None:
-        """With no Stripe key, the local Stripe stand-in (app/stripe_standin.py), so credits can be bought for
+        """With no Stripe key, the local Stripe stand-in (app/dev/stripe_standin), so credits can be bought for
         play; the web app and workers get its made-up key and webhook secret through the environment."""
         from hostkit.engine import free_port
 
@@ -195,7 +192,7 @@ class Platform:
         self.standin = True
         state = self.data_dir / "stripe-standin.json"
         self.supervisor.start("Stripe stand-in", _python(
-            "-m", "app.stripe_standin", "--port", str(port), "--webhook-url", f"{public}/stripe/webhook",
+            "-m", "app.dev.stripe_standin", "--port", str(port), "--webhook-url", f"{public}/stripe/webhook",
             "--connect-webhook-url", f"{public}/stripe/connect-webhook", "--state", str(state)),
             env=env, cwd=ROOT)
 
@@ -203,7 +200,6 @@ class Platform:
         """The demo host joins like any host: ``hostkit register`` with its owner's enrollment key, approval by
         the seeded admin, then ``hostkit agent``, which brings up the overlay and the engine. Over WireGuard it
         runs in the demo namespace, a second machine as far as the network can tell."""
-        from app import demo
         from app.extensions import db
         from app.models import Host
 
@@ -247,7 +243,6 @@ class Platform:
         import stripe
         import urllib3
 
-        from app import demo
         from app.money import connect
 
         try:
@@ -262,13 +257,11 @@ class Platform:
     def run(self, host: str, port: int, workers: int, demo_model: str) -> None:
         from flask_migrate import upgrade
 
-        from app import demo
-
         public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         click.echo("Applying database migrations...")
         upgrade()
         checkpoint()
-        click.echo(f"Model catalog: {catalog.seed()} models added.")
+        click.echo(f"Model catalog: {demo.seed_models()} models added.")
         router_url, binds = public, [f"{host}:{port}"]
         if self.wireguard and demo_model != "none":
             # The demo host gets a machine of its own; it reaches the router and the hub on the veth address.
@@ -316,9 +309,8 @@ class Platform:
             steps.append(lambda: _remove_hub(self.app.config["OVERLAY_INTERFACE"]))
         # This process's own connections go before the server they point at.
         steps += [db.session.remove, db.engine.dispose]
-        services = self.app.extensions.get("embedded")
-        if services is not None:
-            steps.append(services.stop)
+        if self.services is not None:
+            steps.append(self.services.stop)
         for step in steps:
             try:
                 step()
@@ -358,11 +350,12 @@ def serve(host: str, port: int, workers: int, demo_model: str) -> None:
         instance, _lock = claim(data_dir)
     except InstanceError as error:
         raise click.ClickException(str(error)) from None
-    platform = janitor = None
+    platform = janitor = services = None
     supervisor = Supervisor(click.echo, checkpoint)
     try:
         wireguard = _choose_overlay(instance)
         janitor = Janitor(os.environ[RUN_MARKER], data_dir, instance, wireguard)
+        services = _start_services(data_dir)
         from app import create_app
 
         try:
@@ -371,7 +364,7 @@ def serve(host: str, port: int, workers: int, demo_model: str) -> None:
             raise click.ClickException(f"refusing to start: {error}") from None
         checkpoint()
         with app.app_context():
-            platform = Platform(app, instance, wireguard, supervisor)
+            platform = Platform(app, instance, wireguard, supervisor, services)
             try:
                 platform.run(host, port, workers, demo_model)
             finally:
@@ -386,6 +379,8 @@ def serve(host: str, port: int, workers: int, demo_model: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if platform is None:
             supervisor.stop()
+            if services is not None:
+                services.stop()
         if janitor is not None:
             janitor.finish()
     click.echo("Stopped.")

