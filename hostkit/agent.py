@@ -73,16 +73,19 @@ class ProcessEngine:
         self.model: str | None = None
 
     def start(self, model: str, host: str, port: int):
-        from hostkit.engine import EngineError, serve
+        from hostkit.engine import EngineError, serve, stop_leftover
         from hostkit.models import SERVED_NAMES
 
         local = {served: name for name, served in SERVED_NAMES.items()}
         if model not in local:
             raise HostkitError(f"{model} needs a GPU engine (Docker with the NVIDIA runtime); without Docker this "
                                f"machine serves {', '.join(local)} only")
+        pid_file = self.data_dir / "engine.pid"
+        if (leftover := stop_leftover(pid_file)) is not None:
+            log(f"stopped the engine a previous agent left running (process group {leftover})")
         try:
             self.engine = serve(local[model], self.data_dir, host=host, port=port, venv=self.venv,
-                                die_with_parent=True)
+                                die_with_parent=True, pid_file=pid_file)
         except EngineError as error:
             raise HostkitError(f"the engine did not start: {error}") from None
         self.model = model

@@ -145,7 +145,7 @@ class Engine:
                  data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int | None = None,
                  kv_cache_bytes: int = KV_CACHE_BYTES, max_model_len: int | None = MAX_MODEL_LEN,
                  extra_args: tuple[str, ...] = (), ready_timeout: float = 300, drain_seconds: int = 5,
-                 stop_grace: float = 20, die_with_parent: bool = False):
+                 stop_grace: float = 20, die_with_parent: bool = False, pid_file: str | os.PathLike | None = None):
         self.python = Path(python)
         self.model_dir = Path(model_dir).resolve()
         self.served_name = served_name
@@ -162,6 +162,9 @@ class Engine:
         self.log_path = self.data_dir / "logs" / f"engine-{self.port}.log"
         # SIGTERM to the engine when the thread that started it ends (a long-lived daemon's main thread only).
         self.die_with_parent = die_with_parent
+        # Where the running engine's group is recorded, so that whoever starts the next one stops this one if its
+        # owner died without doing so (``stop_leftover``).
+        self.pid_file = Path(pid_file) if pid_file else None
         self.process: subprocess.Popen | None = None
         self._run_dir: str | None = None
         self.ready_seconds: float | None = None
@@ -212,6 +215,8 @@ class Engine:
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     preexec_fn=_die_with_parent if self.die_with_parent else None,
                 )
+            if self.pid_file:
+                record_group(self.pid_file, self.process.pid)
             self._wait_ready(started + self.ready_timeout)
         except BaseException:
             self.stop()
@@ -273,12 +278,55 @@ class Engine:
         if self._run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None
+        if self.pid_file and process is not None:
+            self.pid_file.unlink(missing_ok=True)
 
     def __enter__(self) -> Engine:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def record_group(pid_file: str | os.PathLike, pgid: int) -> None:
+    """Record a running engine's process group (its leader's id and start time) for ``stop_leftover``."""
+    Path(pid_file).write_text(json.dumps({"pgid": pgid, "started": _start_time(pgid)}))
+
+
+def stop_leftover(pid_file: str | os.PathLike, grace: float = 10) -> int | None:
+    """Stop the engine group recorded in ``pid_file`` if it is still running, and return its id.
+
+    An agent killed with SIGKILL cannot stop its engine. PDEATHSIG asks the engine to stop, but vLLM's
+    graceful shutdown can hang with requests in flight, holding the GPU and memory; the next agent ends it
+    here. The recorded start time tells the engine from an unrelated process that got the same id later."""
+    path = Path(pid_file)
+    try:
+        record = json.loads(path.read_text())
+        pgid, started = int(record["pgid"]), record["started"]
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    path.unlink(missing_ok=True)
+    if started is None or _start_time(pgid) != started:
+        return None
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while process_group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while process_group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+        time.sleep(0.1)
+    return pgid
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (None where /proc cannot say)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[19]) if len(fields) > 19 else None
 
 
 def _die_with_parent() -> None:

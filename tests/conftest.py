@@ -26,8 +26,8 @@ from app import accounts, create_app
 from app.config import normalise_database_url
 from app.extensions import db
 
-from . import factories
-from .stripe_helpers import standin  # noqa: F401 (the local Stripe stand-in fixture, for every test file)
+from .support import factories
+from .support.stripe_helpers import standin  # noqa: F401 (the local Stripe stand-in fixture, for every test file)
 
 CSRF_RE = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"|"X-CSRFToken": "([^"]+)"')
 

@@ -1,16 +1,15 @@
 """The admin's hosts page: fleet counts, hardware reports, and approve, reject, suspend and reinstate in place."""
-import json
 import re
-from pathlib import Path
 
 from sqlalchemy import select
 
 from app.extensions import db
 from app.models import AuditEvent, Host
 
-from .factories import PASSWORD, make_host
+from .support import h100_report
+from .support.factories import PASSWORD, make_host
 
-H100 = json.loads((Path(__file__).parent / "data" / "hostkit-check-h100.json").read_text())
+H100 = h100_report()
 HX = {"HX-Request": "true"}
 
 

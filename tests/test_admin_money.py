@@ -12,8 +12,8 @@ from app.money import ledger, reports
 from app.money.stripe import client as stripe_client
 from jobs import payouts as payout_job
 
-from . import factories
-from .stripe_helpers import check_ledger, start
+from .support import factories
+from .support.stripe_helpers import check_ledger, start
 from .test_payouts import onboarded
 
 USD = 1_000_000

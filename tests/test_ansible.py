@@ -1,6 +1,6 @@
 """The host playbook (ansible/): lint, and real runs over SSH through a WireGuard overlay into Ubuntu 24.04.
 
-The host is a debootstrapped noble root (tests/ubuntu_root.py) with its own
+The host is a debootstrapped noble root (tests/support/ubuntu_root.py) with its own
 sshd, in a network namespace that has no route anywhere but a veth to this
 one. WireGuard (wireguard-go, in user space on both sides) runs over that
 veth, and Ansible reaches the host only at its overlay address, as the router
@@ -28,16 +28,16 @@ from sqlalchemy import select
 from werkzeug.serving import make_server
 from wireguard_tools import WireguardKey
 
+from app import ROOT
 from app.extensions import db
 from app.models import Host
 
-from . import ubuntu_root
+from .support import ubuntu_root
 from .test_host_registration import enrollment_key
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PLAYBOOK = REPO / "ansible" / "site.yml"
-SETUP_HOST = REPO / "scripts" / "setup-host.sh"
+PLAYBOOK = ROOT / "ansible" / "site.yml"
+SETUP_HOST = ROOT / "scripts" / "setup-host.sh"
 WHEELS = "/srv/wheels"  # inside the root
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
@@ -59,14 +59,14 @@ def tool_env() -> dict:
 
 def test_it_passes_ansible_lint_in_the_production_profile():
     result = run([BIN / "ansible-lint", "--offline", "--profile", "production", "--nocolor", "ansible/"], check=False,
-                 timeout=240, cwd=REPO, env=tool_env())
+                 timeout=240, cwd=ROOT, env=tool_env())
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_it_pulls_the_engine_image_the_agent_runs():
     from hostkit.agent import VLLM_IMAGE
 
-    defaults = yaml.safe_load((REPO / "ansible/roles/engine/defaults/main.yml").read_text())
+    defaults = yaml.safe_load((ROOT / "ansible/roles/engine/defaults/main.yml").read_text())
     assert defaults["engine_vllm_image"] == VLLM_IMAGE
 
 
@@ -107,7 +107,7 @@ def test_it_explains_itself():
 
 
 def test_it_installs_the_ansible_core_the_tests_use():
-    assert f"ansible-core=={setup_host_ansible_core()}\n" in (REPO / "requirements-dev.txt").read_text()
+    assert f"ansible-core=={setup_host_ansible_core()}\n" in (ROOT / "requirements-dev.txt").read_text()
 
 
 # -- the Ubuntu host behind a WireGuard overlay -----------------------------------------------------------------
@@ -176,7 +176,7 @@ class UbuntuHost:
         ubuntu_root.unpack(self.root)
         # ansible-core too, for scripts/setup-host.sh run on the host itself.
         ubuntu_root.offline_wheels(self.root / WHEELS.lstrip("/"), (f"ansible-core=={setup_host_ansible_core()}",))
-        shutil.copytree(REPO / "hostkit", self.hostkit_source,
+        shutil.copytree(ROOT / "hostkit", self.hostkit_source,
                         ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
         say(f"root ready in {time.monotonic() - started:.0f}s")
         self.underlay()
@@ -291,7 +291,7 @@ class UbuntuHost:
             extra.write_text(json.dumps(extra_vars))
             argv += ["-e", f"@{extra}"]
         started = time.monotonic()
-        result = run(argv, check=False, timeout=timeout, cwd=REPO, env=env)
+        result = run(argv, check=False, timeout=timeout, cwd=ROOT, env=env)
         say(f"ansible-playbook exited {result.returncode} after {time.monotonic() - started:.0f}s")
         recaps = {m[1]: dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()[1:])))
                   for m in RECAP.finditer(result.stdout)}
@@ -450,7 +450,7 @@ def test_it_sets_up_a_host_with_the_one_line_script(provisioned, router, client,
     """scripts/setup-host.sh on the Ubuntu machine itself: its own ansible-core, connection local, registration."""
     host = provisioned[0]
     checkout = host.root / "opt/gpushare"
-    shutil.copytree(REPO / "ansible", checkout / "ansible")
+    shutil.copytree(ROOT / "ansible", checkout / "ansible")
     shutil.copytree(host.hostkit_source, checkout / "hostkit")
     (checkout / "scripts").mkdir()
     shutil.copy2(SETUP_HOST, checkout / "scripts/setup-host.sh")

@@ -5,7 +5,7 @@ from app.extensions import db
 from app.models import User
 
 from .conftest import csrf_token
-from .factories import PASSWORD, make_user
+from .support.factories import PASSWORD, make_user
 
 
 def signup(client, **fields):

@@ -9,9 +9,9 @@ from app.extensions import db
 from app.models import Purchase
 from app.money import purchases
 
-from . import factories
-from .fakehost import FakeHost
-from .stripe_helpers import available, check_ledger, owed, start
+from .support import factories
+from .support.fakehost import FakeHost
+from .support.stripe_helpers import available, check_ledger, owed, start
 from .test_chat_proxy import MODEL, price, sdk  # noqa: F401 (sdk is a fixture)
 
 USD = 1_000_000

@@ -6,7 +6,7 @@ without reloading.
 """
 from __future__ import annotations
 
-from . import factories
+from .support import factories
 
 
 def bearer(app, secret: str) -> int:

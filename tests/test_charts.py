@@ -17,7 +17,7 @@ from app.models import CatalogModel, HostModel, PriceHistory, utcnow
 from app.money import ledger, usage
 from app.money.units import format_usd
 
-from .factories import PASSWORD, give_credits, make_host, make_key, make_user
+from .support.factories import PASSWORD, give_credits, make_host, make_key, make_user
 
 MODEL = "gpushare/tiny-chat"
 OTHER = "meta-llama/Llama-3.1-8B-Instruct"

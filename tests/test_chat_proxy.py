@@ -1,4 +1,4 @@
-"""The request path against hosts that succeed, fail, stall, lie and send garbage (tests/fakehost.py)."""
+"""The request path against hosts that succeed, fail, stall, lie and send garbage (tests/support/fakehost.py)."""
 from __future__ import annotations
 
 import time
@@ -13,8 +13,8 @@ from app.extensions import db
 from app.models import CatalogModel, UsageRecord
 from app.money import ledger
 
-from .factories import give_credits, make_host, make_key, refresh_routes
-from .fakehost import WORD, FakeHost
+from .support.factories import give_credits, make_host, make_key, refresh_routes
+from .support.fakehost import WORD, FakeHost
 
 MODEL = "gpushare/tiny-chat"
 
@@ -143,6 +143,7 @@ def test_it_retries_another_host_when_one_fails_before_the_first_byte(sdk, peopl
     ("fail", 502, openai.InternalServerError),
     ("stall_first", 504, openai.InternalServerError),
     ("garbage", 502, openai.InternalServerError),
+    ("abort", 502, openai.InternalServerError),
 ])
 def test_it_costs_nothing_when_every_host_fails_before_the_first_byte(sdk, people, client_key, short_timeouts, mode,
                                                                        status, exception):
@@ -161,7 +162,7 @@ def test_it_costs_nothing_when_every_host_fails_before_the_first_byte(sdk, peopl
     check_ledger()
 
 
-@pytest.mark.parametrize("mode", ["die_midstream", "stall", "garbage", "huge_line"])
+@pytest.mark.parametrize("mode", ["die_midstream", "stall", "garbage", "huge_line", "abort"])
 def test_it_ends_a_broken_stream_with_an_error_and_charges_what_was_delivered(sdk, people, client_key,
                                                                               short_timeouts, mode):
     with FakeHost(mode) as host:

@@ -15,9 +15,9 @@ from app.extensions import db
 from app.models import UsageRecord
 from app.money import ledger
 
-from .engines import start_tiny_chat
-from .factories import give_credits, make_host, make_key
-from .openapi import errors
+from .support.engines import start_tiny_chat
+from .support.factories import give_credits, make_host, make_key
+from .support.openapi import errors
 
 MODEL = "gpushare/tiny-chat"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]

@@ -15,15 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from app import diagnostics
+from app import ROOT, diagnostics
 from app.extensions import db
 from app.models import AuditEvent, Host
 from hostkit import diagnostics as hostkit_diagnostics
 from hostkit.engine import free_port
 
-from .factories import make_host
+from .support.factories import make_host
 
-ROOT = Path(__file__).resolve().parent.parent
 SSHD = "/usr/sbin/sshd"
 HX = {"HX-Request": "true"}
 MISMATCH = "the host's SSH key does not match the key pinned at registration"

@@ -20,10 +20,10 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from hostkit.engine import REPO_ROOT, engine_env, process_group_alive
+from hostkit.engine import REPO_ROOT, engine_env, process_group_alive, record_group, stop_leftover
 from hostkit.models import TINY_SPECIAL_MARGIN
 
-from .engines import start_tiny_chat
+from .support.engines import start_tiny_chat
 
 MODEL = "gpushare/tiny-chat"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -277,3 +277,32 @@ def test_it_stops_leaving_no_process(engine):
     assert not process_group_alive(pid)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_an_engine_left_by_a_dead_owner_is_stopped_by_the_next_start(tmp_path):
+    """An agent killed with SIGKILL leaves its engine to PDEATHSIG, and vLLM's drain can hang; the next agent
+    stops the group its predecessor recorded, and nothing else."""
+    pid_file = tmp_path / "engine.pid"
+    leftover = subprocess.Popen(["sh", "-c", "sleep 600 & sleep 600"], start_new_session=True)
+    try:
+        record_group(pid_file, leftover.pid)
+        assert stop_leftover(pid_file) == leftover.pid
+        assert leftover.wait(5) is not None
+        assert not process_group_alive(leftover.pid)
+        assert not pid_file.exists()
+    finally:
+        leftover.kill()
+
+
+def test_a_recorded_engine_id_now_worn_by_another_process_is_left_alone(tmp_path):
+    pid_file = tmp_path / "engine.pid"
+    stranger = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        pid_file.write_text(json.dumps({"pgid": stranger.pid, "started": 1}))  # another start time: not ours
+        assert stop_leftover(pid_file) is None
+        assert stranger.poll() is None
+        pid_file.write_text("not a record")
+        assert stop_leftover(pid_file) is None and not pid_file.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -21,8 +21,8 @@ from app.extensions import db
 from app.models import Host
 
 from .conftest import csrf_token
-from .factories import PASSWORD, give_credits, make_host, make_key, seed_catalog
-from .fakehost import FakeHost
+from .support.factories import PASSWORD, give_credits, make_host, make_key, seed_catalog
+from .support.fakehost import FakeHost
 from .test_host_registration import enrollment_key, register
 
 MODEL = "gpushare/tiny-chat"

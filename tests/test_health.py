@@ -5,8 +5,8 @@ from app.extensions import db
 from app.models import Host
 from jobs import health, holds
 
-from .factories import make_host
-from .fakehost import FakeHost
+from .support.factories import make_host
+from .support.fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

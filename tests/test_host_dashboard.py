@@ -1,8 +1,6 @@
 """The host's dashboard: status that polls itself, the enable switch, the schedule, models and earnings."""
-import json
 import re
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -12,10 +10,11 @@ from app.models import AuditEvent, Host, HostModel, UsageRecord, utcnow
 from app.money import ledger
 from app.money.units import format_usd
 
-from .factories import PASSWORD, give_credits, make_host, make_key, make_user, refresh_routes
-from .fakehost import FakeHost
+from .support import h100_report
+from .support.factories import PASSWORD, give_credits, make_host, make_key, make_user, refresh_routes
+from .support.fakehost import FakeHost
 
-H100 = json.loads((Path(__file__).parent / "data" / "hostkit-check-h100.json").read_text())
+H100 = h100_report()
 MODEL = "gpushare/tiny-chat"
 TOO_LARGE = "meta-llama/Llama-3.1-70B-Instruct"  # 144 GiB; the H100 has 80
 FITS = "meta-llama/Llama-3.1-8B-Instruct"

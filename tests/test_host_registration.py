@@ -1,8 +1,6 @@
 """Registering a machine with an enrollment key, and an admin's approval that gives it an overlay address."""
 import base64
-import json
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -11,9 +9,10 @@ from app import hosts as host_service
 from app.extensions import db
 from app.models import AuditEvent, EnrollmentKey, Host, utcnow
 
-from .factories import seed_catalog
+from .support import h100_report
+from .support.factories import seed_catalog
 
-H100 = json.loads((Path(__file__).parent / "data" / "hostkit-check-h100.json").read_text())
+H100 = h100_report()
 
 
 def public_key(n: int = 1) -> str:

@@ -14,8 +14,8 @@ from app.models import ApiKey, Host, User
 from app.proxy.gateway import gateway
 
 from .conftest import csrf_token
-from .factories import give_credits, make_host, make_key, refresh_routes
-from .fakehost import FakeHost
+from .support.factories import give_credits, make_host, make_key, refresh_routes
+from .support.fakehost import FakeHost
 from .test_host_registration import H100, enrollment_key, register
 
 MODEL = "gpushare/tiny-chat"

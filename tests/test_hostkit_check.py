@@ -16,7 +16,9 @@ import pytest
 from app import ROOT
 from hostkit import check
 
-H100 = json.loads((Path(__file__).parent / "data" / "hostkit-check-h100.json").read_text())
+from .support import h100_report
+
+H100 = h100_report()
 
 
 def hostkit(*args, env=None):

@@ -5,9 +5,9 @@ from app import accounts
 from app.extensions import db
 from app.models import AuditEvent, Invite, User
 
-from .concurrency import at_once
 from .conftest import csrf_token
-from .factories import PASSWORD, expire, make_invite
+from .support.concurrency import at_once
+from .support.factories import PASSWORD, expire, make_invite
 
 
 def signup(client, email, code):

@@ -19,8 +19,8 @@ from app.proxy import gateway as gateway_module
 from app.proxy.gateway import DatabaseUnavailable, gateway
 from app.proxy.settlement import HOLD_SQL, settlement
 
-from .factories import give_credits, make_host, make_key
-from .fakehost import FakeHost
+from .support.factories import give_credits, make_host, make_key
+from .support.fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

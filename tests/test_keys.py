@@ -4,7 +4,7 @@ from sqlalchemy import select, text
 from app.extensions import db
 from app.models import ApiKey, AuditEvent
 
-from .factories import make_host, make_key
+from .support.factories import make_host, make_key
 
 
 def bearer(secret: str) -> dict:

@@ -7,8 +7,8 @@ from app.extensions import db
 from app.models import User
 from app.money import ledger
 
-from .concurrency import at_once
-from .factories import give_credits
+from .support.concurrency import at_once
+from .support.factories import give_credits
 
 
 @pytest.fixture

@@ -32,9 +32,9 @@ from app.money import connect, ledger, payouts
 from app.money.units import cost_of
 from jobs import payouts as payout_job
 
-from .factories import make_host, make_key, make_user, refresh_routes
-from .fakehost import FakeHost
-from .stripe_helpers import start
+from .support.factories import make_host, make_key, make_user, refresh_routes
+from .support.fakehost import FakeHost
+from .support.stripe_helpers import start
 
 SEEDS = [int(os.environ["MONEY_SIM_SEED"])] if os.environ.get("MONEY_SIM_SEED") else list(range(100))
 STEPS = 24

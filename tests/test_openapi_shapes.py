@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from .factories import give_credits, make_host, make_key
-from .fakehost import FakeHost
-from .openapi import errors
+from .support.factories import give_credits, make_host, make_key
+from .support.fakehost import FakeHost
+from .support.openapi import errors
 
 MODEL = "gpushare/tiny-chat"
 

@@ -21,18 +21,17 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from app import create_app, hosts
+from app import ROOT, create_app, hosts
 from app.config import normalise_database_url
 from app.extensions import db
 from app.models import Host, UsageRecord, User
 from hostkit.engine import EngineError, engine_python, ensure_model
 
-from . import factories
-from .netns import Lan, Machine
+from .support import factories
+from .support.netns import Lan, Machine
 
 pytestmark = pytest.mark.timeout(900)
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "gpushare/tiny-chat"
 ROUTER_PORT = 8000
 ENGINE_PORT = 8000

@@ -7,7 +7,7 @@ from app.extensions import db
 from app.models import Host
 from overlay import identity, ipam
 
-from .concurrency import at_once
+from .support.concurrency import at_once
 
 
 @pytest.mark.parametrize("network, taken, expected", [

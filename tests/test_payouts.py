@@ -13,8 +13,8 @@ from app.money import connect, ledger, payouts
 from app.money.stripe import client as stripe_client
 from jobs import payouts as payout_job
 
-from .concurrency import at_once
-from .stripe_helpers import check_ledger
+from .support.concurrency import at_once
+from .support.stripe_helpers import check_ledger
 
 USD = 1_000_000
 CENT = 10_000

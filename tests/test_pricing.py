@@ -17,8 +17,8 @@ from app.models import CatalogModel, PriceHistory, UsageRecord
 from app.money.units import cost_of
 from jobs import pricing as pricing_job
 
-from .factories import give_credits, make_host, make_key, refresh_routes
-from .fakehost import FakeHost
+from .support.factories import give_credits, make_host, make_key, refresh_routes
+from .support.fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 STEP = 500  # 5 %

@@ -5,7 +5,7 @@ import pytest
 
 from app import api_keys
 
-from .factories import make_host, make_key
+from .support.factories import make_host, make_key
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from app.extensions import db
 from app.money import ledger
 from hostkit.engine import free_port
 
-from .factories import give_credits, make_host, make_key
-from .fakehost import FakeHost
+from .support.factories import give_credits, make_host, make_key
+from .support.fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

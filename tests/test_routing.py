@@ -1,7 +1,7 @@
 from app.extensions import db, redis_client
 from app.proxy.routing import RoutingTable
 
-from .factories import make_host
+from .support.factories import make_host
 
 MODEL = "gpushare/tiny-chat"
 

@@ -20,7 +20,7 @@ from app import ROOT
 from app.dev.demo import read_env_file
 from hostkit.engine import free_port
 
-from .platforms import BANNER_TIMEOUT, PAGES_TIMEOUT, Platform, get, wait_for_nothing_left
+from .support.platforms import BANNER_TIMEOUT, PAGES_TIMEOUT, Platform, get, wait_for_nothing_left
 
 
 @contextlib.contextmanager

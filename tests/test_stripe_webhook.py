@@ -12,8 +12,8 @@ from app.dev.stripe_standin import sign
 from app.extensions import db
 from app.models import Purchase, StripeEvent
 
-from .concurrency import at_once
-from .stripe_helpers import OLD_WEBHOOK_SECRET, WEBHOOK_SECRET, available, check_ledger, owed, start
+from .support.concurrency import at_once
+from .support.stripe_helpers import OLD_WEBHOOK_SECRET, WEBHOOK_SECRET, available, check_ledger, owed, start
 
 USD = 1_000_000
 

@@ -5,8 +5,8 @@ from app.models import AuditEvent, LedgerTransfer, UsageRecord
 from app.money import ledger
 from app.money.units import format_usd
 
-from .factories import give_credits, make_host, make_key
-from .fakehost import FakeHost
+from .support.factories import give_credits, make_host, make_key
+from .support.fakehost import FakeHost
 
 MODEL = "gpushare/tiny-chat"
 

@@ -15,7 +15,7 @@ from app.extensions import db
 from app.models import Purchase, WebSession
 
 from .conftest import csrf_token
-from .factories import PASSWORD, give_credits, make_host, make_key, make_user
+from .support.factories import PASSWORD, give_credits, make_host, make_key, make_user
 
 MODEL = "gpushare/tiny-chat"
 

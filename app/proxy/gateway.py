@@ -396,6 +396,8 @@ def _ended_on_eos(choice) -> bool:
 
 
 def _whole(call: Call, data: dict):
+    if normalise.abandoned(data):
+        raise UpstreamError("the host gave up on the request (its engine is stopping or failed)")
     call.first_token_at = time.monotonic()
     call.host_usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
     build = normalise.chat_response if call.req.endpoint == "chat" else normalise.completion_response
@@ -440,6 +442,9 @@ def _stream(call: Call, first: bytes, events):
                 raise UpstreamError("the host sent an event of the wrong shape", before_first_byte=False)
             if "error" in upstream:
                 raise UpstreamError("the host reported an error mid-stream", before_first_byte=False)
+            if normalise.abandoned(upstream):
+                raise UpstreamError("the host gave up on the stream (its engine is stopping or failed)",
+                                    before_first_byte=False)
             if isinstance(upstream.get("usage"), dict):
                 call.host_usage = upstream["usage"]
             if upstream.get("choices"):

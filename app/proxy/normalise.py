@@ -8,6 +8,15 @@ from __future__ import annotations
 
 CHAT_FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 COMPLETION_FINISH_REASONS = {"stop", "length", "content_filter"}
+# vLLM ends a choice with these when it did not finish it: ``abort`` as it shuts down mid-request, ``error`` on an
+# internal failure. Such a choice is the host failing, never an answer.
+ABANDONED_REASONS = {"abort", "error"}
+
+
+def abandoned(upstream: dict) -> bool:
+    """Whether the host gave up on any choice of this response or chunk."""
+    return any(isinstance(choice, dict) and choice.get("finish_reason") in ABANDONED_REASONS
+               for choice in upstream.get("choices") or [])
 
 
 def _finish(reason, allowed: set[str], *, final: bool = True):

@@ -15,8 +15,10 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 WORD = "tok "
+# abort: what vLLM sends as it shuts down mid-request, a 200 whose choice ends with finish_reason "abort" after
+# three tokens.
 MODES = {"ok", "fail", "die_midstream", "stall", "stall_first", "garbage", "huge_line", "liar", "http400",
-         "slow"}
+         "slow", "abort"}
 
 
 class FakeHost:
@@ -65,10 +67,13 @@ class FakeHost:
                 return Response("<html>not json</html>", mimetype="application/json")
             if self.mode in ("stall", "stall_first"):
                 time.sleep(30)
+            finish = "length"
+            if self.mode == "abort":
+                text, finish = WORD * 3, "abort"
             choice = ({"index": 0, "message": {"role": "assistant", "content": text, "tool_calls": [],
                                                 "reasoning_content": None}, "logprobs": None,
-                       "finish_reason": "length", "stop_reason": None} if chat else
-                      {"index": 0, "text": text, "logprobs": None, "finish_reason": "length", "stop_reason": None})
+                       "finish_reason": finish, "stop_reason": None} if chat else
+                      {"index": 0, "text": text, "logprobs": None, "finish_reason": finish, "stop_reason": None})
             return Response(json.dumps({"id": "x", "object": "chat.completion" if chat else "text_completion",
                                         "created": 1, "model": body["model"], "choices": [choice],
                                         "usage": usage, "service_tier": None, "system_fingerprint": None,
@@ -99,6 +104,10 @@ class FakeHost:
                     yield "data: {this is not json\n\n"
                 if self.mode == "huge_line" and i == 3:
                     yield "data: " + "x" * (10 * 1024 * 1024) + "\n\n"
+                if self.mode == "abort" and i == 3:
+                    yield event([{"index": 0, **({"delta": {}} if chat else {"text": ""}), "logprobs": None,
+                                  "finish_reason": "abort", "stop_reason": None}])
+                    break
                 last = i == tokens - 1
                 if chat:
                     yield event([{"index": 0, "delta": {"content": WORD}, "logprobs": None,

@@ -199,7 +199,7 @@ def remove(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    # `python -m tests.ubuntu_root` builds the cache ahead of a test run.
+    # `python -m tests.support.ubuntu_root` builds the cache ahead of a test run.
     print(tarball())
     with _locked(tarball().name):
         if not tarball().exists():

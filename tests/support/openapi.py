@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from app import ROOT
+
 # shared/ lies beside the repository, in development and in CI alike.
-SPEC = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "openai-openapi.yaml"
+SPEC = ROOT.parent / "shared" / "reference" / "openai-openapi.yaml"
 
 
 def _nullable(node):
