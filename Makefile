@@ -1,5 +1,7 @@
 # make run   - the whole platform on this machine (embedded PostgreSQL and Redis)
-# make test  - every test, against real components
+# make test  - lint, then every test, against real components
+# make test-fast - the tests that need no vLLM, Chromium, root or whole platform (a couple of minutes)
+# make lint  - ruff (style, import order) and the import contracts in pyproject.toml
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,13 +10,20 @@ ENGINE_VENV ?= .venv-engine
 # What the router runs, and hostkit's own requirements: make run's demo host is a hostkit on this machine.
 RUN_REQUIREMENTS := requirements.txt hostkit/requirements.txt
 
-.PHONY: run test run-debs debs engine-venv clean
+.PHONY: run test test-fast lint run-debs debs engine-venv clean
 
 run: $(VENV)/.run-deps run-debs engine-venv
 	$(BIN)/python -m app.dev.serve
 
-test: $(VENV)/.test-deps debs engine-venv
+test: lint $(VENV)/.test-deps debs engine-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not vllm and not browser and not root and not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 engine-venv:
 	PYTHON=$(PYTHON) scripts/make-engine-venv.sh $(ENGINE_VENV)

@@ -197,7 +197,8 @@ def create_invite(admin: User, note: str = "", ttl_hours: int = 72) -> tuple[Inv
                     expires_at=utcnow() + timedelta(hours=ttl_hours))
     db.session.add(invite)
     db.session.flush()
-    audit.record(admin, "invite.create", "invite", invite.id, prefix=token.prefix, expires_at=invite.expires_at.isoformat())
+    audit.record(admin, "invite.create", "invite", invite.id, prefix=token.prefix,
+                 expires_at=invite.expires_at.isoformat())
     db.session.commit()
     return invite, token.secret
 

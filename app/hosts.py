@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import func, select, text, update
@@ -315,8 +316,50 @@ def markets(owner: User, hours: int = 24) -> list[tuple[CatalogModel, list[prici
     return [(model, history[model.id]) for model in models]
 
 
-def serving_now(host: Host) -> bool:
-    return schedule.serving(host.schedule or [], host.timezone, utcnow())
+class Serving(NamedTuple):
+    """Whether the router sends a host new requests now; if not, the first reason, as a code and in words."""
+
+    ok: bool
+    code: str
+    why: str
+
+
+# The rule, in the order a host owner fixes things. The routing table applies the same rule in SQL (``routing``'s
+# SERVING_HOSTS and its schedule check); tests/hosts/test_serving.py holds the two to each other.
+NOT_SERVING = {
+    "pending": "waiting for an admin's approval",
+    "rejected": "an admin rejected it",
+    "suspended": "an admin suspended it",
+    "disabled": "disabled on the dashboard",
+    "switched_off": "switched off on the machine (hostkit down)",
+    "outside_schedule": "outside its schedule",
+    "no_model": "no model chosen",
+    "no_address": "no overlay address yet",
+    "unhealthy": "waiting for a passing health check",
+}
+
+
+def in_schedule(host: Host, now: datetime | None = None) -> bool:
+    """Whether ``now`` is inside the host's weekly windows (a schedule that cannot be read is never inside)."""
+    try:
+        return schedule.in_schedule(host.schedule or [], host.timezone, now or utcnow())
+    except Exception:  # stored data from before validation: the host does not serve until it is set again
+        return False
+
+
+def serving(host: Host, now: datetime | None = None) -> Serving:
+    """May this host take new requests now, and if not, why. The one place the rule is written."""
+    checks = [
+        (host.status == "approved", host.status if host.status in NOT_SERVING else "suspended"),
+        (host.enabled, "disabled"),
+        (host.available, "switched_off"),
+        (in_schedule(host, now), "outside_schedule"),
+        (any(offer.enabled for offer in host.offers), "no_model"),
+        (host.api_base is not None, "no_address"),
+        (host.healthy, "unhealthy"),
+    ]
+    code = next((code for ok, code in checks if not ok), None)
+    return Serving(True, "serving", "serving") if code is None else Serving(False, code, NOT_SERVING[code])
 
 
 def fleet_counts() -> dict[str, int]:

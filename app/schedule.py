@@ -81,8 +81,8 @@ def format_windows(windows: list[dict]) -> str:
     return "\n".join(f"{_day_list(w['days'])} {_clock(w['start'])}-{_clock(w['end'])}" for w in windows)
 
 
-def serving(windows: list[dict], tz: str, now: datetime) -> bool:
-    """Whether ``now`` (aware) falls in one of the windows, read in the host's time zone."""
+def in_schedule(windows: list[dict], tz: str, now: datetime) -> bool:
+    """Whether ``now`` (aware) falls in one of the windows, read in the host's time zone. No windows: always."""
     if not windows:
         return True
     try:

@@ -220,10 +220,10 @@ class Agent:
 
     # The engine ----------------------------------------------------------------------------------------------
     def wanted_model(self, host: dict) -> str | None:
-        """The model to serve now, or None when this host should not serve."""
-        serving = (host["status"] == "approved" and host["enabled"] and host["available"]
-                   and host["serving_now"] and host["models"])
-        return host["models"][0] if serving else None
+        """The model to serve now, or None when this host should not serve: the router's answer decides. An engine
+        waiting for its first passing health check runs, to pass it."""
+        run = host["serving"] or (host.get("reason") or {}).get("code") == "unhealthy"
+        return host["models"][0] if run and host["models"] else None
 
     def drain_and_stop(self) -> None:
         """Let requests in flight finish (the router has stopped sending new ones), then stop the engine."""

@@ -29,13 +29,8 @@ def _run(command, prog: str, argv) -> int:
 
 
 def _serving(host: dict) -> str:
-    """Whether the router sends this host requests now, and if not, the first reason why."""
-    reasons = [(host["status"] == "approved", f"{host['status']} hosts get no requests"),
-               (host["enabled"], "disabled on the dashboard"), (host["available"], "down (hostkit up)"),
-               (host["serving_now"], "outside its schedule"), (bool(host["models"]), "no model chosen"),
-               (host["healthy"], "waiting for a passing health check")]
-    why = next((reason for ok, reason in reasons if not ok), None)
-    return "serving" if why is None else f"not serving: {why}"
+    """Whether the router sends this host requests now, and if not, the first reason why: the router's own answer."""
+    return "serving" if host["serving"] else f"not serving: {host['reason']['message']}"
 
 
 def _describe(host: dict) -> str:
@@ -47,7 +42,7 @@ def _describe(host: dict) -> str:
         f"  dashboard:  {'enabled' if host['enabled'] else 'disabled'}; "
         f"hostkit: {'up' if host['available'] else 'down'}",
         f"  schedule:   {host['schedule'].replace(chr(10), '; ') or 'always'} ({host['timezone']})"
-        + ("" if host["serving_now"] else ", outside its windows now"),
+        + ("" if host["in_schedule"] else ", outside its windows now"),
         f"  models:     {', '.join(host['models']) or 'none: choose one with `hostkit models --enable ID`'}",
         f"  engine:     {beat.get('engine', 'no heartbeat yet')}"
         + (f", {beat['running']} running, {beat['queue_depth']} queued" if "running" in beat else "")
@@ -154,7 +149,10 @@ def schedule(argv) -> int:
         host = router.call("PUT", "/schedule", body)["host"]
     windows = host["schedule"] or "always (no windows)"
     print(f"Schedule ({host['timezone']}):\n  " + windows.replace("\n", "\n  "))
-    print("Serving now." if host["serving_now"] else "Outside its windows now: not serving.")
+    if not host["in_schedule"]:
+        print("Outside its windows now: not serving.")
+    else:
+        print("Inside its windows now; " + ("serving." if host["serving"] else _serving(host) + "."))
 
 
 COMMANDS = {"status": status, "models": models, "up": up, "down": down, "schedule": schedule}

@@ -55,7 +55,7 @@ def supply_by_model(now: datetime, default_tokens_per_second: int) -> dict[int, 
     """Model id -> (tokens per minute its serving hosts can generate, requests waiting in their queues)."""
     found: dict[int, tuple[int, int]] = {}
     for model_id, beat, windows, tz in db.session.execute(HOSTS_SQL):
-        if not schedule.serving(windows, tz, now):
+        if not schedule.in_schedule(windows, tz, now):
             continue
         beat = beat if isinstance(beat, dict) else {}
         rate = max(_count(beat.get("tokens_per_second")), default_tokens_per_second)

@@ -12,6 +12,8 @@ import re
 import threading
 import uuid
 
+import httpx
+import openai
 import psycopg
 import pytest
 import redis
@@ -219,3 +221,29 @@ def page(live_server):
             context.close()
         finally:
             browser.close()
+
+
+@pytest.fixture
+def sdk(app):
+    """Official openai SDK clients: ``sdk(key)`` talks to the app in process, ``sdk(key, base)`` over HTTP."""
+    clients = []
+
+    def make(api_key: str, base: str | None = None) -> openai.OpenAI:
+        if base is None:
+            http = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://gpushare.test")
+            base = "http://gpushare.test"
+        else:
+            http = httpx.Client()
+        clients.append(http)
+        return openai.OpenAI(base_url=f"{base}/v1", api_key=api_key, http_client=http, max_retries=0)
+
+    yield make
+    for http in clients:
+        http.close()
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that drives Chromium is marked ``browser`` (``make test-fast`` leaves them out)."""
+    for item in items:
+        if "page" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)

@@ -35,6 +35,8 @@ from app.models import Host
 from .support import ubuntu_root
 from .test_host_registration import enrollment_key
 
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
 BIN = Path(sys.executable).parent
 PLAYBOOK = ROOT / "ansible" / "site.yml"
 SETUP_HOST = ROOT / "scripts" / "setup-host.sh"

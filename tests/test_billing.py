@@ -12,7 +12,7 @@ from app.money import purchases
 from .support import factories
 from .support.fakehost import FakeHost
 from .support.stripe_helpers import available, check_ledger, owed, start
-from .test_chat_proxy import MODEL, price, sdk  # noqa: F401 (sdk is a fixture)
+from .test_chat_proxy import MODEL, price
 
 USD = 1_000_000
 

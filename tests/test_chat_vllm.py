@@ -19,6 +19,8 @@ from .support.engines import start_tiny_chat
 from .support.factories import give_credits, make_host, make_key
 from .support.openapi import errors
 
+pytestmark = pytest.mark.vllm
+
 MODEL = "gpushare/tiny-chat"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -23,6 +23,8 @@ from hostkit.engine import free_port
 
 from .support.factories import make_host
 
+pytestmark = pytest.mark.root
+
 SSHD = "/usr/sbin/sshd"
 HX = {"HX-Request": "true"}
 MISMATCH = "the host's SSH key does not match the key pinned at registration"

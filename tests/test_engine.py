@@ -25,6 +25,8 @@ from hostkit.models import TINY_SPECIAL_MARGIN
 
 from .support.engines import start_tiny_chat
 
+pytestmark = pytest.mark.vllm
+
 MODEL = "gpushare/tiny-chat"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 

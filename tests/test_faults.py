@@ -36,6 +36,8 @@ from hostkit.engine import free_port
 
 from .support.platforms import Platform, run_processes
 
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
 MODEL = "gpushare/tiny-chat"
 CLIENTS = 4
 MAX_TOKENS = 24

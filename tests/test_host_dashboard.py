@@ -48,7 +48,7 @@ def test_it_shows_each_of_the_owners_hosts_with_its_facts(client, auth, people):
 
 
 def test_it_polls_the_status_with_the_heartbeat_figures(client, auth, people):
-    host = rig(people.bob, last_heartbeat_at=utcnow() - timedelta(seconds=12),
+    host = rig(people.bob, models=[MODEL], last_heartbeat_at=utcnow() - timedelta(seconds=12),
                heartbeat={"engine": "running", "models": [MODEL], "queue_depth": 3, "tokens_per_second": 511.6,
                           "max_model_len": 2048})
     auth.login(people.bob)
@@ -226,7 +226,7 @@ def test_it_works_in_a_browser_without_reloading(people, page):
         card.get_by_role("button", name="Disable").click()
         expect(card.locator(f"#host-enabled-{host.id}")).to_contain_text("Disabled.")
     assert polled.value.status == 200  # the status asked again at once, told by the toggle's HX-Trigger
-    expect(card.locator(f"#host-status-{host.id}")).to_contain_text("no: disabled here")
+    expect(card.locator(f"#host-status-{host.id}")).to_contain_text("no: disabled on the dashboard")
 
     schedule = card.locator(f"#host-schedule-{host.id}")
     schedule.locator("textarea").fill("weekdays 9-5")

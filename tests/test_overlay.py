@@ -30,7 +30,7 @@ from hostkit.engine import EngineError, engine_python, ensure_model
 from .support import factories
 from .support.netns import Lan, Machine
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.vllm, pytest.mark.root, pytest.mark.timeout(900)]
 
 MODEL = "gpushare/tiny-chat"
 ROUTER_PORT = 8000
@@ -175,7 +175,7 @@ def test_a_host_goes_from_registration_to_serving_over_the_overlay(world):
         world.hostkit(machine, "models", "--enable", MODEL)
         world.start_agent(machine)
     status = world.hostkit(h1, "status").stdout
-    assert "h1: pending, not serving: pending hosts get no requests" in status and MODEL in status
+    assert "h1: pending, not serving: waiting for an admin's approval" in status and MODEL in status
     assert world.chat().status_code == 503  # pending hosts get nothing
 
     world.admin_does("h1", "approve")
@@ -331,7 +331,7 @@ def test_hostkit_commands_on_the_real_agent(world, tmp_path):
     assert bad_zone.returncode == 1 and "is not a time zone" in bad_zone.stderr
     assert world.host("h1").schedule == [], "a refused schedule changes nothing"
     shown = world.hostkit(h1, "schedule", "set", "mon-sun 00:00-24:00", "--timezone", "Europe/Berlin").stdout
-    assert "mon-sun 00:00-24:00" in shown and "Serving now." in shown
+    assert "mon-sun 00:00-24:00" in shown and "Inside its windows now; serving." in shown
     assert "always" in world.hostkit(h1, "schedule", "clear").stdout
 
     # Down drains: with h2 down, a long stream runs on h1; `hostkit down` on h1 waits for it to finish.

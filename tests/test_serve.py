@@ -22,6 +22,8 @@ from hostkit.engine import free_port
 
 from .support.platforms import BANNER_TIMEOUT, PAGES_TIMEOUT, Platform, get, wait_for_nothing_left
 
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
 
 @contextlib.contextmanager
 def admin_browser(base: str, env: dict):

@@ -77,10 +77,12 @@ def openapi():
 
 
 def _host_state(host) -> dict:
+    serving = hosts.serving(host)
     return {"id": host.id, "name": host.name, "status": host.status, "peer_id": host.peer_id,
             "overlay_address": str(host.overlay_address) if host.overlay_address else None,
             "engine_port": host.engine_port, "enabled": host.enabled, "available": host.available,
-            "serving_now": hosts.serving_now(host), "schedule": schedule.format_windows(host.schedule or []),
+            "serving": serving.ok, "reason": None if serving.ok else {"code": serving.code, "message": serving.why},
+            "in_schedule": hosts.in_schedule(host), "schedule": schedule.format_windows(host.schedule or []),
             "timezone": host.timezone, "healthy": host.healthy, "heartbeat": host.heartbeat or {},
             "last_heartbeat_at": host.last_heartbeat_at.isoformat() if host.last_heartbeat_at else None,
             "models": [offer.model.hf_id for offer in host.offers if offer.enabled]}

@@ -6,6 +6,7 @@ against it (schemathesis).
 """
 from __future__ import annotations
 
+from ..hosts import NOT_SERVING
 from . import schemas
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
@@ -22,13 +23,21 @@ WHY = {
 
 HOST_STATE = {
     "type": "object",
-    "required": ["id", "name", "status", "enabled", "available", "serving_now", "healthy", "models"],
+    "required": ["id", "name", "status", "enabled", "available", "serving", "reason", "in_schedule", "healthy",
+                 "models"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
         "status": {"enum": ["pending", "approved", "rejected", "suspended"]},
         "peer_id": {"type": ["string", "null"]}, "overlay_address": {"type": ["string", "null"]},
         "engine_port": {"type": ["integer", "null"]}, "enabled": {"type": "boolean"},
-        "available": {"type": "boolean"}, "serving_now": {"type": "boolean"}, "schedule": {"type": "string"},
+        "available": {"type": "boolean"},
+        # The platform's one answer to "does this host get requests now?", and the first reason when it does not.
+        "serving": {"type": "boolean"},
+        "reason": {"oneOf": [{"type": "null"}, {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"enum": list(NOT_SERVING)},
+                           "message": {"type": "string"}}}]},
+        "in_schedule": {"type": "boolean"}, "schedule": {"type": "string"},
         "timezone": {"type": "string"}, "healthy": {"type": "boolean"}, "heartbeat": {"type": "object"},
         "last_heartbeat_at": {"type": ["string", "null"]},
         "models": {"type": "array", "items": {"type": "string"}},

@@ -34,6 +34,8 @@ RETRY_SECONDS = 1.0
 
 # The hosts that may take requests for a model (``hm``) now, before their weekly schedules; the pricing job
 # counts supply over the same hosts.
+# ``hosts.serving(host)`` in SQL, for speed: the schedule is checked in Python on each row (``load``).
+# tests/test_serving.py holds the two to each other over every combination of their inputs.
 SERVING_HOSTS = """
     FROM host_models hm JOIN hosts h ON h.id = hm.host_id
     WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.available AND h.healthy
@@ -132,7 +134,7 @@ class RoutingTable:
         now = datetime.now(timezone.utc)
         for model_id, host_id, owner_id, api_base, windows, tz, max_len in rows:
             try:
-                if schedule.serving(windows, tz, now):
+                if schedule.in_schedule(windows, tz, now):
                     routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/"),
                                                                  _context(max_len)))
             except Exception:  # one host's bad data must not stop the others from serving

@@ -96,7 +96,8 @@ class CatalogModelForm(Form):
     license_url = URLField("License URL", validators=[DataRequired(), Length(max=500)])
     attribution = TextAreaField("Attribution", validators=[Optional(), Length(max=2000)])
     context_length = IntegerField("Context length (tokens)", validators=[DataRequired(), NumberRange(1, 10_000_000)])
-    min_vram_mib = IntegerField("Minimum VRAM (MiB, 0 for CPU)", validators=[InputRequired(), NumberRange(0, 10_000_000)])
+    min_vram_mib = IntegerField("Minimum VRAM (MiB, 0 for CPU)",
+                                validators=[InputRequired(), NumberRange(0, 10_000_000)])
     reference_input_price = StringField("Reference input price, USD per 1M tokens", validators=PRICE)
     reference_output_price = StringField("Reference output price, USD per 1M tokens", validators=PRICE)
     floor_input_price = StringField("Floor input price", validators=PRICE)

@@ -49,19 +49,11 @@ def ago(moment) -> str:
 
 
 def serving_state(host: Host) -> str:
-    """Why a host does or does not take new requests now, in a few words."""
-    if host.status != "approved":
-        return {"pending": "not yet: waiting for an admin's approval", "rejected": "no: an admin rejected it",
-                "suspended": "no: an admin suspended it"}.get(host.status, "no")
-    if not host.enabled:
-        return "no: disabled here"
-    if not host.available:
-        return "no: switched off on the machine (hostkit down)"
-    if not host_service.serving_now(host):
-        return "no: outside its schedule"
-    if not host.healthy:
-        return "no: failing health checks"
-    return "yes"
+    """Whether a host takes new requests now and, if not, why, in a few words."""
+    ok, code, why = host_service.serving(host)
+    if ok:
+        return "yes"
+    return f"{'not yet' if code in ('pending', 'unhealthy') else 'no'}: {why}"
 
 
 @bp.context_processor

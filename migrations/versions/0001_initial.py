@@ -1,11 +1,11 @@
 """accounts, api keys, invites, model catalog, hosts, audit log
 
 Revision ID: 0001
-Revises: 
+Revises:
 
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.

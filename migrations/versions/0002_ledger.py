@@ -13,9 +13,8 @@ voided by the sweeper (gs_void_expired).
 Revision ID: 0002
 Revises: 0001
 """
-from alembic import op
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"

@@ -13,8 +13,8 @@ deduplication, in the same transaction as what the event posts.
 Revision ID: 0006
 Revises: 0005
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0006"

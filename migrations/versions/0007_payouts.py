@@ -12,8 +12,8 @@ At most one payout per owner is open (pending or needing attention) at a time.
 Revision ID: 0007
 Revises: 0006
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0007"
 down_revision = "0006"

@@ -14,8 +14,8 @@ their sum: a refund made after a dispute was won can arrive before the win.
 Revision ID: 0008
 Revises: 0007
 """
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0008"
 down_revision = "0007"

@@ -85,7 +85,8 @@ class FakeHost:
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def event(choices, **extra):
-            return f"data: {json.dumps({'id': 'x', 'object': obj, 'created': 1, 'model': body['model'], 'choices': choices, **extra})}\n\n"
+            payload = {"id": "x", "object": obj, "created": 1, "model": body["model"], "choices": choices, **extra}
+            return f"data: {json.dumps(payload)}\n\n"
 
         try:
             if self.mode == "stall_first":
