@@ -1,6 +1,6 @@
 # make run   - the whole platform on this machine (embedded PostgreSQL and Redis)
 # make test  - lint, then every test, against real components
-# make test-fast - the tests that need no vLLM, Chromium, root or whole platform (a couple of minutes)
+# make test-fast - the tests that need no vLLM, Chromium, root or long run, on every core (under two minutes)
 # make lint  - ruff (style, import order) and the import contracts in pyproject.toml
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,7 +19,7 @@ test: lint $(VENV)/.test-deps debs engine-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: lint
-	$(BIN)/python -m pytest -m "not vllm and not browser and not root and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not vllm and not browser and not root and not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

@@ -36,7 +36,10 @@ from .support.factories import make_host, make_key, make_user, refresh_routes
 from .support.fakehost import FakeHost
 from .support.stripe_helpers import start
 
-SEEDS = [int(os.environ["MONEY_SIM_SEED"])] if os.environ.get("MONEY_SIM_SEED") else list(range(100))
+# A hundred worlds in `make test`; the first ten of them in `make test-fast`.
+FAST_SEEDS = 10
+SEEDS = [int(os.environ["MONEY_SIM_SEED"])] if os.environ.get("MONEY_SIM_SEED") else [
+    seed if seed < FAST_SEEDS else pytest.param(seed, marks=pytest.mark.slow) for seed in range(100)]
 STEPS = 24
 MODEL = "gpushare/tiny-chat"
 CENT = 10_000
