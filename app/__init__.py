@@ -6,8 +6,9 @@ Where things live (views -> services -> models; nothing here imports ``dev``):
 - ``money/``: every cent: units, the ledger, Stripe, purchases, host payouts, usage and reports;
 - ``proxy/``: the OpenAI-compatible API, in the order a request meets it;
 - ``hostapi/``: the JSON API hostkit talks to; ``web/``: the HTMX pages; ``static/``;
-- accounts, API keys, tokens and the audit log; the catalog and pricing; hosts, their schedule, diagnostics
-  and the overlay hub;
+- ``accounts/``: people and access: users, passwords, sessions, invites, API keys, tokens, the audit log;
+- ``catalog/``: what is sold: the catalog (real models only) and pricing;
+- ``hosts/``: a machine's life: enrolment, approval, heartbeats, ``serving(host)``, schedule, diagnostics, hub;
 - ``dev/``: what only ``make run`` and the tests use.
 """
 from __future__ import annotations

@@ -18,7 +18,7 @@ admin_cli = AppGroup("admin", help="Manage admin accounts.")
 @click.option("--password", envvar="GPUSHARE_ADMIN_PASSWORD", help="Asked for when not given.")
 def create_admin(email: str, password: str | None) -> None:
     """Create an admin account, or make an existing account an admin."""
-    from . import audit
+    from .accounts import audit
     from .extensions import db
 
     user = accounts.find_user(email)
@@ -106,7 +106,7 @@ def grant_command(email: str, dollars: str, memo: str) -> None:
 
 
 def register_cli(app: Flask) -> None:
-    from .overlay_hub import overlay_hub_command
+    from .hosts.hub import overlay_hub_command
 
     for command in (admin_cli, seed_command, worker_command, scheduler_command, grant_command,
                     overlay_hub_command):

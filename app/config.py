@@ -190,11 +190,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "PREFERRED_URL_SCHEME": "https" if production else "http",
         "PUBLIC_URL": env_str(env, "GPUSHARE_PUBLIC_URL", "http://127.0.0.1:8000"),
         "INVITE_TTL_HOURS": env_int(env, "INVITE_TTL_HOURS", 72, minimum=1, maximum=24 * 90),
-        # Web sessions (app/accounts.py): they end after this long unused, or this long in all.
+        # Web sessions (app/accounts/__init__.py): they end after this long unused, or this long in all.
         "SESSION_IDLE_HOURS": env_int(env, "SESSION_IDLE_HOURS", 12, minimum=1, maximum=24 * 30),
         "SESSION_MAX_DAYS": env_int(env, "SESSION_MAX_DAYS", 30, minimum=1, maximum=365),
-        # Failed logins (app/throttle.py), counted in Redis by every process: after this many for one account, or
-        # from one client address, logins there wait until the window has passed.
+        # Failed logins (app/accounts/throttle.py), counted in Redis by every process: after this many for one
+        # account, or from one client address, logins there wait until the window has passed.
         "LOGIN_MAX_FAILURES_PER_ACCOUNT": env_int(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, minimum=1),
         "LOGIN_MAX_FAILURES_PER_ADDRESS": env_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, minimum=1),
         "LOGIN_THROTTLE_SECONDS": env_int(env, "LOGIN_THROTTLE_SECONDS", 900, minimum=1, maximum=86_400),
@@ -225,12 +225,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "HEALTH_CHECK_SECONDS": env_int(env, "HEALTH_CHECK_SECONDS", 30, minimum=1, maximum=3600),
         "HEALTH_FAILURES_TO_UNHEALTHY": env_int(env, "HEALTH_FAILURES_TO_UNHEALTHY", 2, minimum=1),
         "HEALTH_SUCCESSES_TO_HEALTHY": env_int(env, "HEALTH_SUCCESSES_TO_HEALTHY", 2, minimum=1),
-        # Pricing (app/pricing.py, jobs/pricing.py): how often prices move, the largest move, and the capacity
+        # Pricing (app/catalog/pricing.py, jobs/pricing.py): how often prices move, the largest move, and the capacity
         # assumed for a host whose heartbeat has not measured more.
         "PRICING_INTERVAL_SECONDS": env_int(env, "PRICING_INTERVAL_SECONDS", 60, minimum=60, maximum=3600),
         "PRICING_STEP_BPS": env_int(env, "PRICING_STEP_BPS", 500, minimum=0, maximum=5000),
         "PRICING_HOST_TOKENS_PER_SECOND": env_int(env, "PRICING_HOST_TOKENS_PER_SECOND", 20, minimum=1),
-        # Hosts and the overlay (see app/hosts.py, overlay/).
+        # Hosts and the overlay (see app/hosts/__init__.py, overlay/).
         "OVERLAY_NETWORK": overlay_network,
         # wireguard: the router is a WireGuard hub (``flask overlay-hub``, as root). loopback: for a demo on one
         # machine that cannot make interfaces; hosts get 127.x addresses and no tunnel.
@@ -243,7 +243,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "OVERLAY_RECONCILE_SECONDS": env_int(env, "OVERLAY_RECONCILE_SECONDS", 30, minimum=1, maximum=3600),
         # Why the overlay is loopback only, when ``make run`` had to choose it (shown on the hosts pages).
         "OVERLAY_NOTE": env_str(env, "OVERLAY_NOTE", ""),
-        # Remote diagnostics (app/diagnostics.py): the router runs `hostkit check --json` on a host over SSH.
+        # Remote diagnostics (app/hosts/diagnostics.py): the router runs `hostkit check --json` on a host over SSH.
         # The platform's ed25519 client key: this file, or one made on first use in the data directory.
         "DIAGNOSTICS_SSH_KEY_FILE": env_str(env, "DIAGNOSTICS_SSH_KEY_FILE", ""),
         "DIAGNOSTICS_SSH_USER": env_str(env, "DIAGNOSTICS_SSH_USER", "root"),

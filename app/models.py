@@ -212,7 +212,7 @@ class Host(db.Model):
     ssh_host_key: Mapped[str | None] = mapped_column(Text)
     available: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     heartbeat: Mapped[dict] = mapped_column(JSONB, default=dict, server_default="{}")
-    # Weekly windows in which the host serves (empty: always), in its own time zone; see app/schedule.py.
+    # Weekly windows in which the host serves (empty: always), in its own time zone; see app/hosts/schedule.py.
     schedule: Mapped[list] = mapped_column(JSONB, default=list, server_default="[]")
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     # The host's last known WireGuard endpoint, kept so a peer re-added on the hub is reachable at once.

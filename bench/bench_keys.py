@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import api_keys, catalog, create_app, tokens  # noqa: E402
+from app import catalog, create_app  # noqa: E402
+from app.accounts import api_keys, tokens
 from app.dev.embedded import EmbeddedServices  # noqa: E402
 from app.extensions import db, redis_client  # noqa: E402
 

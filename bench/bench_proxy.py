@@ -68,8 +68,8 @@ def prepare(data_dir: Path, upstreams: list[str]) -> tuple[str, str]:
     link.symlink_to(tokenizer_model(), target_is_directory=True)
     from flask_migrate import upgrade
 
-    from app import api_keys, create_app
-    from app.accounts import create_user
+    from app import create_app
+    from app.accounts import api_keys, create_user
     from app.dev import demo
     from app.extensions import db
     from app.models import CatalogModel, Host, HostModel

@@ -6,7 +6,7 @@ a host (counted in Redis by the request path), per minute; supply is the
 healthy hosts' capacity per minute, each host counted at its measured rate
 (heartbeat ``tokens_per_second``) or ``PRICING_HOST_TOKENS_PER_SECOND``,
 whichever is more, since an idle host measures nothing. The rule is
-``app.pricing.next_price``. Each model is priced in its own transaction,
+``app.catalog.pricing.next_price``. Each model is priced in its own transaction,
 with its history row; the row is unique per model and window, so a run
 repeated for the same window changes nothing.
 """
@@ -21,8 +21,9 @@ from flask import current_app
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from app import pricing, schedule
+from app.catalog import pricing
 from app.extensions import db
+from app.hosts import schedule
 from app.models import CatalogModel, PriceHistory
 from app.proxy.routing import SERVING_HOSTS
 

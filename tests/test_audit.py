@@ -2,7 +2,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app import audit
+from app.accounts import audit
 from app.extensions import db
 
 

@@ -11,7 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select, text
 
-from app import hosts, pricing
+from app import hosts
+from app.catalog import pricing
 from app.extensions import db
 from app.models import CatalogModel, HostModel, PriceHistory, utcnow
 from app.money import ledger, usage

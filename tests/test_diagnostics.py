@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from app import ROOT, diagnostics
+from app import ROOT
 from app.extensions import db
+from app.hosts import diagnostics
 from app.models import AuditEvent, Host
 from hostkit import diagnostics as hostkit_diagnostics
 from hostkit.engine import free_port

@@ -82,7 +82,7 @@ def test_it_revokes_for_every_router_process(app, people):
     key, secret = make_key(people.alice)
     other_client = other.test_client()
     assert other_client.get("/v1/models", headers=bearer(secret)).status_code == 200
-    from app import api_keys
+    from app.accounts import api_keys
     api_keys.revoke_key(people.alice, key)
     assert other_client.get("/v1/models", headers=bearer(secret)).status_code == 401
     with other.app_context():
@@ -92,7 +92,7 @@ def test_it_revokes_for_every_router_process(app, people):
 
 
 def test_it_keeps_a_revocation_when_a_stale_lookup_races_it(app, people):
-    from app import api_keys
+    from app.accounts import api_keys
 
     key, secret = make_key(people.alice)
     api_keys.revoke_key(people.alice, key)

@@ -10,8 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app import pricing
-from app.catalog import usd
+from app.catalog import pricing, usd
 from app.extensions import db
 from app.models import CatalogModel, PriceHistory, UsageRecord
 from app.money.units import cost_of

@@ -3,7 +3,7 @@ import httpx
 import openai
 import pytest
 
-from app import api_keys
+from app.accounts import api_keys
 
 from .support.factories import make_host, make_key
 

@@ -1,6 +1,6 @@
 import pytest
 
-from app import tokens
+from app.accounts import tokens
 
 
 def test_it_makes_keys_with_prefix_and_checksum():

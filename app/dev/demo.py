@@ -12,7 +12,8 @@ import urllib3
 from flask import current_app
 from sqlalchemy import select
 
-from app import accounts, api_keys, catalog, hosts
+from app import accounts, catalog, hosts
+from app.accounts import api_keys
 from app.extensions import db
 from app.models import Host, User
 from app.money import connect, ledger

@@ -14,8 +14,10 @@ import orjson
 from flask import Blueprint, g, jsonify, request
 from jsonschema import Draft202012Validator
 
-from .. import hosts, overlay_hub, schedule
+from .. import hosts
 from ..echo import shown
+from ..hosts import hub as overlay_hub
+from ..hosts import schedule
 from . import schemas
 
 bp = Blueprint("hostapi", __name__, url_prefix="/api/hosts")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from .. import audit
+from ..accounts import audit
 from ..extensions import db
 from ..models import LedgerAccount, LedgerEntry, LedgerTransfer, User
 from .units import dollars

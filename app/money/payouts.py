@@ -29,7 +29,7 @@ from flask import current_app
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from .. import audit
+from ..accounts import audit
 from ..extensions import db
 from ..models import LedgerAccount, Payout, PayoutAccount, User, utcnow
 from . import ledger

@@ -34,8 +34,8 @@ from flask import Flask, Response, current_app, g, request, stream_with_context
 from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import pricing
-from ..api_keys import KeyInfo
+from ..accounts.api_keys import KeyInfo
+from ..catalog import pricing
 from ..echo import shown
 from ..extensions import db
 from ..money.units import cost_of

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import schedule
+from ..hosts import schedule
 from ..shared import quietly
 
 log = logging.getLogger(__name__)

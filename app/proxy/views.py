@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, g, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import api_keys
+from ..accounts import api_keys
 from ..echo import shown
 from ..extensions import db
 from ..money.units import format_usd

@@ -7,9 +7,10 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 from sqlalchemy import case, func, select
 
-from .. import accounts, catalog, diagnostics
+from .. import accounts, catalog
 from .. import hosts as host_service
 from ..extensions import db
+from ..hosts import diagnostics
 from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, Payout, User
 from ..money import ledger, payouts, reports, stripe, units
 from . import flash_error, page_number, role_required

@@ -6,7 +6,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from .. import accounts, throttle, tokens
+from .. import accounts
+from ..accounts import throttle, tokens
 from . import flash_error
 from .forms import ActionForm, ChangePasswordForm, LoginForm, RedeemInviteForm, SignupForm
 

@@ -8,8 +8,8 @@ from wtforms import StringField, TextAreaField
 from wtforms.validators import Length
 
 from .. import hosts as host_service
-from .. import schedule
 from ..extensions import db
+from ..hosts import schedule
 from ..models import Host, utcnow
 from ..money import connect, payouts, stripe
 from ..money.units import MICRO

@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from .. import api_keys, catalog
+from .. import catalog
+from ..accounts import api_keys
 from ..money import units
 from . import flash_error, role_required
 from .forms import ActionForm, KeyForm, RenameKeyForm

@@ -4,7 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, render_template
 from sqlalchemy import text
 
-from .. import catalog, pricing
+from .. import catalog
+from ..catalog import pricing
 from ..extensions import db, redis_client
 from ..shared import quietly
 

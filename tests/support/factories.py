@@ -7,7 +7,8 @@ from types import SimpleNamespace
 from flask import current_app
 from sqlalchemy import select
 
-from app import accounts, api_keys
+from app import accounts
+from app.accounts import api_keys
 from app.dev import demo
 from app.extensions import db
 from app.models import CatalogModel, Host, HostModel, Invite, User, utcnow

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from flask import has_request_context, request
 
-from .extensions import db
-from .models import AuditEvent, User
+from ..extensions import db
+from ..models import AuditEvent, User
 
 
 def record(actor: User | None, action: str, target_type: str, target_id: object = None, **details) -> AuditEvent:

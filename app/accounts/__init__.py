@@ -1,4 +1,16 @@
-"""People: sign-up, passwords, web sessions, roles and host invites.
+"""People and access: who someone is, and what they may do.
+
+- ``__init__`` (this module): sign-up, passwords, web sessions, roles and host invites.
+- ``api_keys``: clients' API keys, their limits and the cache the request path reads them from.
+- ``tokens``: every secret the platform issues (API keys, host tokens, enrollment keys, invites): made,
+  shown once, stored hashed.
+- ``audit``: the audit log of who changed what.
+- ``throttle``: failed logins counted in Redis, per account and per address.
+
+Imports go one way: this module -> ``audit``, ``tokens``; ``api_keys`` -> ``tokens``. Nothing here imports
+views, hosts or money.
+
+Passwords and sessions:
 
 Passwords are at least ``MIN_PASSWORD_LENGTH`` characters and not easy to
 guess: zxcvbn (offline, with the person's own e-mail as a hint) must rate
@@ -18,9 +30,9 @@ from flask import current_app
 from sqlalchemy import select, update
 from zxcvbn import zxcvbn
 
+from ..extensions import db
+from ..models import Invite, User, WebSession, utcnow
 from . import audit, tokens
-from .extensions import db
-from .models import Invite, User, WebSession, utcnow
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD_LENGTH = 12

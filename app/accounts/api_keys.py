@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from flask import current_app
 from sqlalchemy import select
 
+from ..extensions import db, redis_client
+from ..models import ApiKey, CatalogModel, User, utcnow
+from ..shared import quietly
 from . import audit, tokens
-from .extensions import db, redis_client
-from .models import ApiKey, CatalogModel, User, utcnow
-from .shared import quietly
 
 MAX_NAME_LENGTH = 80
 MAX_KEYS_PER_USER = 100

@@ -1,4 +1,13 @@
-"""Hosts: enrollment keys, registration by ``hostkit register``, approval with an overlay address, heartbeats.
+"""A machine's life: enrollment, approval, heartbeats, and whether it serves now.
+
+- ``__init__`` (this module): enrollment keys, registration by ``hostkit register``, approval with an overlay
+  address, heartbeats, the owner's switches, earnings, and ``serving(host)``: the one rule for whether a host
+  gets requests now and, if not, why.
+- ``schedule``: a host's weekly windows, parsed, shown and checked against the clock.
+- ``diagnostics``: ``hostkit check`` run on a host over SSH, for an admin.
+- ``hub``: the WireGuard hub daemon (``flask overlay-hub``) that keeps the router's peers in step with hosts.
+
+Imports go one way: this module -> ``schedule``; ``hub`` and ``diagnostics`` -> the models and ``overlay/``.
 
 A host user makes a single-use enrollment key on the dashboard; the machine
 registers with it, its WireGuard public key (its identity) and a hardware
@@ -17,14 +26,17 @@ from flask import current_app
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from overlay import hub, identity, ipam
+from overlay import identity, ipam
+from overlay.hub import notify as notify_hub  # ``hub`` here is this package's daemon module
 
-from . import audit, pricing, schedule, tokens
-from .echo import shown
-from .extensions import db, redis_client
-from .models import CatalogModel, EnrollmentKey, Host, HostModel, User, utcnow
-from .money.usage import DayAmount, utc_days, zero_filled
-from .shared import quietly
+from ..accounts import audit, tokens
+from ..catalog import pricing
+from ..echo import shown
+from ..extensions import db, redis_client
+from ..models import CatalogModel, EnrollmentKey, Host, HostModel, User, utcnow
+from ..money.usage import DayAmount, utc_days, zero_filled
+from ..shared import quietly
+from . import schedule
 
 MAX_NAME = 80
 MAX_REPORT_BYTES = 64 * 1024
@@ -139,7 +151,7 @@ def change_status(admin: User, host_id: int, change: str) -> Host:
     audit.record(admin, f"host.{change}", "host", host_id, **{k: str(v) for k, v in values.items()})
     db.session.commit()
     # The hub adds or removes the peer now, not at its next reconcile (without Redis: at that reconcile).
-    quietly(lambda: hub.notify(redis_client), None, "telling the overlay hub")
+    quietly(lambda: notify_hub(redis_client), None, "telling the overlay hub")
     return db.session.get(Host, host_id, populate_existing=True)
 
 

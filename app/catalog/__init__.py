@@ -1,4 +1,9 @@
-"""The model catalog: what clients may call, its license, and its price band.
+"""What is sold: the model catalog (what clients may call, its license, and its price band), and ``pricing``
+(each model's price moving toward its market between the catalog's floor and ceiling).
+
+Only real models are seeded here (``SEED_MODELS``); the demo and test models are ``app.dev.demo``'s.
+``pricing`` reads the catalog; of the rest of the app the catalog imports only ``accounts.audit`` and
+``money.units``.
 
 Prices are integer micro-USD per million tokens (``money.units``).
 """
@@ -6,10 +11,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from . import audit
-from .extensions import db
-from .models import CatalogModel, User
-from .money.units import usd
+from ..accounts import audit
+from ..extensions import db
+from ..models import CatalogModel, User
+from ..money.units import usd
 
 EDITABLE_FIELDS = (
     "display_name", "license_name", "license_url", "attribution", "context_length", "min_vram_mib",

@@ -26,9 +26,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from hostkit import wireguard
 from overlay import hub
 
+from ..extensions import db, redis_client
+from ..models import Host
 from . import diagnostics
-from .extensions import db, redis_client
-from .models import Host
 
 
 @cache

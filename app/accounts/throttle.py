@@ -14,8 +14,8 @@ import hashlib
 
 from flask import current_app
 
-from .extensions import redis_client
-from .shared import quietly
+from ..extensions import redis_client
+from ..shared import quietly
 
 
 def _keys(email: str, address: str | None) -> list[str]:

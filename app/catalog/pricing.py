@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 import redis
 from sqlalchemy import select, text
 
-from .extensions import db
-from .models import PriceHistory, utcnow
+from ..extensions import db
+from ..models import PriceHistory, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import current_app
 
-from . import audit
-from .extensions import db
-from .models import Host, User
+from ..accounts import audit
+from ..extensions import db
+from ..models import Host, User
 
 CHECK_COMMAND = "hostkit check --json"
 KEY_COMMENT = "gpushare-platform"
