@@ -24,11 +24,13 @@ def test_it_prefers_the_least_outstanding_host_across_processes(people):
     routes, other_process = table("least_outstanding"), table("least_outstanding")
     offer = routes.model(MODEL)
     first, second, _ = routes.candidates(offer)
-    routes.started(first)
-    other_process.started(second)  # the count lives in Redis: every router process sees it
-    assert [r.host_id for r in routes.candidates(offer)] == [ids[2], ids[0], ids[1]]
-    routes.finished(first)
-    assert [r.host_id for r in routes.candidates(offer)] == [ids[0], ids[2], ids[1]]
+    with routes.in_flight(first), other_process.in_flight(second):  # counted in Redis: every process sees it
+        assert [r.host_id for r in routes.candidates(offer)] == [ids[2], ids[0], ids[1]]
+        stream = routes.in_flight(first).__enter__().hand_over()  # a stream holds its host past the ``with``
+    assert [r.host_id for r in routes.candidates(offer)] == [ids[1], ids[2], ids[0]]
+    stream.release()
+    stream.release()  # released once, however often asked
+    assert [r.host_id for r in routes.candidates(offer)] == [ids[0], ids[1], ids[2]]
 
 
 def test_it_skips_hosts_that_may_not_serve(people):

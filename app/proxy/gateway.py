@@ -14,6 +14,8 @@ Faults, and what the client sees:
 - **Redis away.** The request goes on without it (``app/shared.py``).
 - **The host fails.** Before the first byte, another host is tried; after
   it, the stream ends with an error event and what was delivered is charged.
+  A choice the host ends with vLLM's ``abort`` or ``error`` (it is shutting
+  down, or failed) is a failure, never an answer (``relay``).
 - **This process dies.** The journal lets another process settle what the
   client was sent (``journal.py``).
 
@@ -40,7 +42,7 @@ from ..echo import shown
 from ..extensions import db
 from ..money.units import cost_of
 from ..shared import quietly
-from . import admission, normalise
+from . import admission, relay
 from .errors import ApiError
 from .journal import Entry, Journal
 from .metering import Meter
@@ -339,34 +341,30 @@ def complete(endpoint: str):
 
 def _forward(call: Call, candidates: list[Route]):
     """Try the candidates in turn until one answers; a non-streamed answer is returned whole, a stream is handed
-    to ``_stream`` (which then owns the host's in-flight count)."""
+    to ``relay.stream`` (which then holds the host until it ends)."""
     gw, last_error = call.gw, None
     path, body = PATHS[call.req.endpoint], call.upstream_body()
     for route in candidates:
         call.route = route
         call.entry.host(route.host_id)
-        gw.routing.started(route)
-        handed_over = False
-        try:
-            response = gw.upstream.open(route.api_base + path, body, stream=call.req.stream)
-            if not call.req.stream:
-                return _whole(call, gw.upstream.read_json(response))
-            events = gw.upstream.events(response)
-            first = next(events)  # a failure before the first event may still go to another host
-            call.first_token_at = time.monotonic()
-            handed_over = True
-            return Response(stream_with_context(_stream(call, first, events)), mimetype="text/event-stream",
-                            headers={**call.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        except HostRefused as refused:
-            raise ApiError(400, _host_message(refused.body), code="invalid_request") from None
-        except UpstreamError as error:
-            log.warning("host %s failed request %s: %s", route.host_id, call.request_id, error)
-            last_error = error
-        except StopIteration:
-            last_error = UpstreamError("the host sent an empty stream")
-        finally:
-            if not handed_over:
-                gw.routing.finished(route)
+        with gw.routing.in_flight(route) as in_flight:
+            try:
+                response = gw.upstream.open(route.api_base + path, body, stream=call.req.stream)
+                if not call.req.stream:
+                    return relay.whole(call, gw.upstream.read_json(response))
+                events = gw.upstream.events(response)
+                first = next(events)  # a failure before the first event may still go to another host
+                call.first_token_at = time.monotonic()
+                return Response(stream_with_context(relay.stream(call, first, events, in_flight.hand_over())),
+                                mimetype="text/event-stream",
+                                headers={**call.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            except HostRefused as refused:
+                raise ApiError(400, _host_message(refused.body), code="invalid_request") from None
+            except UpstreamError as error:
+                log.warning("host %s failed request %s: %s", route.host_id, call.request_id, error)
+                last_error = error
+            except StopIteration:
+                last_error = UpstreamError("the host sent an empty stream")
     status = last_error.status if last_error else 502
     raise ApiError(status, "The host serving this model failed. Try again." if status == 502 else
                    "The host serving this model timed out. Try again.",
@@ -382,116 +380,3 @@ def _host_message(body: bytes) -> str:
         except (ValueError, KeyError, TypeError):
             message = "The host refused the request."
     return shown(str(message), 500)
-
-
-def _count(call: Call, texts: list[str]) -> int:
-    return call.gw.count_texts(call.offer.hf_id, texts)
-
-
-def _ended_on_eos(choice) -> bool:
-    """The engine stopped on the model's end-of-sequence token, which it generated but leaves out of the text.
-
-    vLLM names the stop string or token id in ``stop_reason`` when one ended the choice; none means eos."""
-    return isinstance(choice, dict) and choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None
-
-
-def _whole(call: Call, data: dict):
-    if normalise.abandoned(data):
-        raise UpstreamError("the host gave up on the request (its engine is stopping or failed)")
-    call.first_token_at = time.monotonic()
-    call.host_usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-    build = normalise.chat_response if call.req.endpoint == "chat" else normalise.completion_response
-    body = build(data, response_id=call.response_id, created=call.created, model=call.offer.hf_id, counted={})
-    completion_tokens = _count(call, normalise.texts_of_response(call.req.endpoint, body["choices"]))
-    completion_tokens += sum(map(_ended_on_eos, data.get("choices") or []))
-    body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
-    call.finish("ok", 200, completion_tokens)
-    return current_app.response_class(orjson.dumps(body), mimetype="application/json", headers=call.headers())
-
-
-def _sse(payload: dict) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def _error_event(message: str, code: str, kind: str = "server_error") -> bytes:
-    return _sse({"error": {"message": message, "type": kind, "param": None, "code": code}})
-
-
-class _PastDeadline(Exception):
-    pass
-
-
-def _stream(call: Call, first: bytes, events):
-    gw, endpoint = call.gw, call.req.endpoint
-    build = normalise.chat_chunk if endpoint == "chat" else normalise.completion_chunk
-    delivered: dict[int, list[str]] = {}
-    ended_on_eos: set[int] = set()
-    status, http_status = "client_closed", 499
-
-    def tokens_delivered() -> int:
-        return _count(call, ["".join(parts) for parts in delivered.values()]) + len(ended_on_eos)
-
-    try:
-        data = first
-        while True:
-            try:
-                upstream = orjson.loads(data)
-            except ValueError:
-                raise UpstreamError("the host sent an event that is not JSON", before_first_byte=False) from None
-            if not isinstance(upstream, dict):
-                raise UpstreamError("the host sent an event of the wrong shape", before_first_byte=False)
-            if "error" in upstream:
-                raise UpstreamError("the host reported an error mid-stream", before_first_byte=False)
-            if normalise.abandoned(upstream):
-                raise UpstreamError("the host gave up on the stream (its engine is stopping or failed)",
-                                    before_first_byte=False)
-            if isinstance(upstream.get("usage"), dict):
-                call.host_usage = upstream["usage"]
-            if upstream.get("choices"):
-                for index in (c.get("index", 0) for c in upstream["choices"] if _ended_on_eos(c)):
-                    if index not in ended_on_eos:
-                        ended_on_eos.add(index)
-                        call.entry.ended_on_eos(index)
-                chunk, texts = build(upstream, response_id=call.response_id, created=call.created,
-                                     model=call.offer.hf_id)
-                # Into the journal first: if this process dies while it sends, what the client got is billed (a
-                # piece it never got, at most, too). Counted here once the client took it.
-                for index, text in texts:
-                    call.entry.delivered(index, text)
-                yield _sse(chunk)
-                for index, text in texts:
-                    delivered.setdefault(index, []).append(text)
-            if time.monotonic() > call.deadline:
-                raise _PastDeadline()
-            try:
-                data = next(events)
-            except StopIteration:
-                break
-        completion_tokens = tokens_delivered()
-        status, http_status = "ok", 200
-        call.finish("ok", 200, completion_tokens)  # durable (or spooled) before the client sees the end
-        if call.req.include_usage:
-            yield _sse(normalise.usage_chunk(endpoint, response_id=call.response_id, created=call.created,
-                                             model=call.offer.hf_id,
-                                             counted=normalise.usage(call.prompt_tokens, completion_tokens)))
-        yield b"data: [DONE]\n\n"
-    except UpstreamError as error:
-        status, http_status = "host_failed", error.status
-        log.warning("host %s broke stream %s: %s", call.route.host_id, call.request_id, error)
-        call.finish(status, http_status, tokens_delivered())
-        yield _error_event("The host serving this request failed mid-stream.", "host_failed")
-    except _PastDeadline:
-        status, http_status = "timed_out", 504
-        call.finish(status, http_status, tokens_delivered())
-        yield _error_event(f"The request ran longer than the {gw.request_timeout}s allowed.", "timeout")
-    except Exception:  # anything else: the client still gets an error event, never a cut connection
-        status, http_status = "failed", 500
-        log.exception("stream %s failed", call.request_id)
-        call.finish(status, http_status, tokens_delivered())
-        yield _error_event("The stream failed on our side. What was delivered is charged; try again.",
-                           "internal_error")
-    finally:
-        events.close()  # a client that went away frees the host at once
-        gw.routing.finished(call.route)
-        if not call.settled:  # the client went away (GeneratorExit)
-            call.finish(status, http_status, tokens_delivered())

@@ -180,10 +180,41 @@ class RoutingTable:
             return None
         return max(route.max_model_len or model.context_length for route in routes)
 
-    def started(self, route: Route) -> None:
+    def in_flight(self, route: Route) -> InFlight:
+        """``with table.in_flight(route):`` this request holds the host (see ``InFlight``)."""
+        return InFlight(self, route)
+
+    def _started(self, route: Route) -> None:
         if self._strategy == "least_outstanding":
             quietly(lambda: self._cache.incr(f"inflight:{route.host_id}"), None, "least-outstanding routing")
 
-    def finished(self, route: Route) -> None:
+    def _finished(self, route: Route) -> None:
         if self._strategy == "least_outstanding":
             quietly(lambda: self._cache.decr(f"inflight:{route.host_id}"), None, "least-outstanding routing")
+
+
+class InFlight:
+    """A request holding a host: counted among the host's requests in flight (what least-outstanding routing
+    reads) from ``with`` until released, exactly once. A stream outlives the ``with``: it takes the hold over
+    (``hand_over``) and releases it when it ends."""
+
+    def __init__(self, table: RoutingTable, route: Route):
+        self._table, self.route = table, route
+        self._handed_over = self._released = False
+
+    def __enter__(self) -> InFlight:
+        self._table._started(self.route)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self._handed_over:
+            self.release()
+
+    def hand_over(self) -> InFlight:
+        self._handed_over = True
+        return self
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._table._finished(self.route)
