@@ -1,10 +1,7 @@
 """Server-rendered pages (HTMX): one blueprint per area."""
 from __future__ import annotations
 
-from functools import wraps
-
-from flask import Flask, abort, flash, g, render_template, request
-from flask_login import current_user, login_required
+from flask import Flask, abort, g, render_template, request
 from flask_wtf.csrf import CSRFError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
@@ -23,19 +20,6 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
                            "frame-ancestors 'none'")
 
 
-def role_required(role: str):
-    """Signed in and holding ``role`` (client, host or admin), else 403."""
-    def decorator(view):
-        @wraps(view)
-        @login_required
-        def wrapped(*args, **kwargs):
-            if role not in current_user.roles:
-                abort(403)
-            return view(*args, **kwargs)
-        return wrapped
-    return decorator
-
-
 @login_manager.user_loader
 def load_user(session_token: str) -> User | None:
     """The user of the web session whose secret the signed cookie holds (see ``accounts.session_user``)."""
@@ -49,7 +33,6 @@ def load_user(session_token: str) -> User | None:
 
 
 MAX_ID = 2**31 - 1  # every id in the database is a PostgreSQL integer
-MAX_PAGE = 100_000
 
 
 class IdConverter(IntegerConverter):
@@ -59,14 +42,6 @@ class IdConverter(IntegerConverter):
         kwargs.setdefault("min", 1)
         kwargs.setdefault("max", MAX_ID)
         super().__init__(url_map, **kwargs)
-
-
-def page_number() -> int:
-    """``?page=`` of a paged list: 1 when absent; a page that cannot exist is a 404."""
-    raw = request.args.get("page", "1")
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7 and 1 <= int(raw) <= MAX_PAGE):
-        abort(404)
-    return int(raw)
 
 
 def _refuse_nul_bytes() -> None:
@@ -161,8 +136,3 @@ def _error_page(code: int, title: str, message: str):
 DEFAULT_DESCRIPTIONS = ("The browser (or proxy) sent a request", "You don't have the permission",
                         "The requested URL was not found", "The method is not allowed", "The data value transmitted",
                         "The server encountered an internal error", "The server is temporarily unable")
-
-
-def flash_error(message: str) -> None:
-    flash(message, "error")
-

@@ -13,8 +13,8 @@ from ..extensions import db
 from ..hosts import diagnostics
 from ..models import AuditEvent, Host, Invite, LedgerAccount, LedgerTransfer, Payout, User
 from ..money import ledger, payouts, reports, stripe, units
-from . import flash_error, page_number, role_required
 from .forms import ActionForm, CatalogModelForm, GrantForm, InviteForm
+from .helpers import flash_error, page_number, role_required
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

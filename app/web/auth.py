@@ -8,8 +8,8 @@ from flask_login import current_user, login_required, login_user, logout_user
 
 from .. import accounts
 from ..accounts import throttle, tokens
-from . import flash_error
 from .forms import ActionForm, ChangePasswordForm, LoginForm, RedeemInviteForm, SignupForm
+from .helpers import flash_error
 
 bp = Blueprint("auth", __name__)
 

@@ -9,8 +9,8 @@ from wtforms.validators import InputRequired
 from ..extensions import csrf
 from ..money import ledger, purchases, stripe, usage, webhooks
 from ..money.units import dollars
-from . import role_required
 from .forms import Form
+from .helpers import role_required
 
 bp = Blueprint("billing", __name__, url_prefix="/billing")
 webhook_bp = Blueprint("stripe_webhook", __name__)

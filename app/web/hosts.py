@@ -13,8 +13,8 @@ from ..hosts import schedule
 from ..models import Host, utcnow
 from ..money import connect, payouts, stripe
 from ..money.units import MICRO
-from . import role_required
 from .forms import ActionForm, Form
+from .helpers import role_required
 
 bp = Blueprint("hosts", __name__, url_prefix="/host")
 

@@ -7,8 +7,8 @@ from flask_login import current_user
 from .. import catalog
 from ..accounts import api_keys
 from ..money import units
-from . import flash_error, role_required
 from .forms import ActionForm, KeyForm, RenameKeyForm
+from .helpers import flash_error, role_required
 
 bp = Blueprint("keys", __name__, url_prefix="/keys")
 

@@ -5,7 +5,7 @@ from flask import Blueprint, render_template, request
 from flask_login import current_user
 
 from ..money import ledger, usage
-from . import page_number, role_required
+from .helpers import page_number, role_required
 
 bp = Blueprint("usage", __name__, url_prefix="/usage")
 
