@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hostkit.engine import free_port  # noqa: E402
+from hostkit.local.engine import free_port  # noqa: E402
 
 MODEL = "gpushare/tiny-chat"
 
@@ -54,7 +54,7 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 def tokenizer_model() -> Path:
     """tiny-chat's folder (tokenizer.json and tokenizer_config.json with its chat template), built once."""
-    from hostkit.engine import engine_python, ensure_model
+    from hostkit.local.engine import engine_python, ensure_model
 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpushare-bench"
     return ensure_model("tiny-chat", cache / "models", python=engine_python(), data_dir=cache)
@@ -203,7 +203,7 @@ def main() -> None:
                     rows.append(summarise(name, "upstream direct", concurrency, direct, None))
                     print_row(rows[-2]), print_row(rows[-1])
             if args.vllm:
-                from hostkit.engine import serve
+                from hostkit.local.engine import serve
                 engine = serve("tiny-chat", tmp / "engine")
                 with engine_db.begin() as conn:
                     conn.execute(text("UPDATE hosts SET api_base = :u"), {"u": engine.root_url})

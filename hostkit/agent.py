@@ -73,8 +73,9 @@ class ProcessEngine:
         self.model: str | None = None
 
     def start(self, model: str, host: str, port: int):
-        from hostkit.engine import EngineError, serve, stop_leftover
-        from hostkit.models import SERVED_NAMES
+        from hostkit.local.engine import EngineError, serve
+        from hostkit.local.groups import stop_leftover
+        from hostkit.local.models import SERVED_NAMES
 
         local = {served: name for name, served in SERVED_NAMES.items()}
         if model not in local:

@@ -152,7 +152,7 @@ def test_it_says_reconciliation_needs_stripe_when_no_key_is_set(people, auth, cl
 
 
 def test_it_says_so_when_stripe_cannot_be_reached(people, auth, client, app, monkeypatch):
-    from hostkit.engine import free_port
+    from hostkit.local.engine import free_port
 
     monkeypatch.setitem(app.config, "STRIPE_SECRET_KEY", "sk_test_nobody_listens")
     monkeypatch.setitem(app.config, "STRIPE_API_BASE", f"http://127.0.0.1:{free_port()}")

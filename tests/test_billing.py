@@ -158,7 +158,7 @@ def test_the_stand_in_runs_as_the_process_make_run_starts(tmp_path):
     import stripe
 
     from app import ROOT
-    from hostkit.engine import free_port
+    from hostkit.local.engine import free_port
 
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "STRIPE_STANDIN_API_KEY": "sk_test_child",

@@ -20,7 +20,7 @@ from app.extensions import db
 from app.hosts import diagnostics
 from app.models import AuditEvent, Host
 from hostkit import diagnostics as hostkit_diagnostics
-from hostkit.engine import free_port
+from hostkit.local.engine import free_port
 
 from .support.factories import make_host
 

@@ -20,8 +20,9 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from hostkit.engine import REPO_ROOT, engine_env, process_group_alive, record_group, stop_leftover
-from hostkit.models import TINY_SPECIAL_MARGIN
+from hostkit.local.engine import REPO_ROOT, engine_env
+from hostkit.local.groups import process_group_alive, record_group, stop_leftover
+from hostkit.local.models import TINY_SPECIAL_MARGIN
 
 from .support.engines import start_tiny_chat
 
@@ -259,7 +260,7 @@ def test_eos_ends_an_answer_and_is_counted_but_not_in_the_text(http, count):
 
 def test_the_model_provably_never_emits_other_special_tokens(engine):
     """The builder's bound, recomputed from the weights on disk: a margin over every possible input."""
-    code = ("import sys; from hostkit.models import tiny_chat_special_margin as margin; "
+    code = ("import sys; from hostkit.local.models import tiny_chat_special_margin as margin; "
             "print(margin(sys.argv[1]))")
     done = subprocess.run([str(engine.python), "-c", code, str(engine.model_dir)], cwd=REPO_ROOT,
                           env=engine_env(engine.data_dir), capture_output=True, text=True, timeout=300)

@@ -32,7 +32,7 @@ from app.extensions import db
 from app.models import Host, UsageRecord
 from app.money import ledger
 from app.proxy.metering import Meter
-from hostkit.engine import free_port
+from hostkit.local.engine import free_port
 
 from .support.platforms import Platform, run_processes
 

@@ -25,7 +25,7 @@ from app import ROOT, create_app, hosts
 from app.config import normalise_database_url
 from app.extensions import db
 from app.models import Host, UsageRecord, User
-from hostkit.engine import EngineError, engine_python, ensure_model
+from hostkit.local.engine import EngineError, engine_python, ensure_model
 
 from .support import factories
 from .support.netns import Lan, Machine

@@ -14,7 +14,7 @@ import pytest
 from app import ROOT
 from app.extensions import db
 from app.money import ledger
-from hostkit.engine import free_port
+from hostkit.local.engine import free_port
 
 from .support.factories import give_credits, make_host, make_key
 from .support.fakehost import FakeHost

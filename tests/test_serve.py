@@ -18,7 +18,7 @@ import redis
 
 from app import ROOT
 from app.dev.demo import read_env_file
-from hostkit.engine import free_port
+from hostkit.local.engine import free_port
 
 from .support.platforms import BANNER_TIMEOUT, PAGES_TIMEOUT, Platform, get, wait_for_nothing_left
 

@@ -173,7 +173,7 @@ class Platform:
     def start_stripe_standin(self, public: str) -> None:
         """With no Stripe key, the local Stripe stand-in (app/dev/stripe_standin), so credits can be bought for
         play; the web app and workers get its made-up key and webhook secret through the environment."""
-        from hostkit.engine import free_port
+        from hostkit.local.engine import free_port
 
         config = self.app.config
         if config["STRIPE_SECRET_KEY"] or not config["STRIPE_STANDIN"]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hostkit.engine import Engine, EngineError, engine_python, ensure_model
+from hostkit.local.engine import Engine, EngineError, engine_python, ensure_model
 
 MODEL = "gpushare/tiny-chat"
 

@@ -12,7 +12,7 @@ Two models, neither fetched from a hub at run time:
 
 These functions run inside the engine's virtualenv (torch, transformers,
 tokenizers, gguf); the router's never imports them, so heavy imports stay
-inside the functions. Run as ``python -m hostkit.models {tiny-chat,smollm2} DIR``.
+inside the functions. Run as ``python -m hostkit.local.models {tiny-chat,smollm2} DIR``.
 """
 from __future__ import annotations
 
@@ -325,7 +325,7 @@ BUILDERS = {"tiny-chat": build_tiny_chat, "smollm2": build_smollm2}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hostkit.models", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hostkit.local.models", description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=MODELS)
     parser.add_argument("target_dir")
     args = parser.parse_args(argv)

@@ -6,8 +6,8 @@ Where there is no Docker (our test machines, the demo) the engine is
 so that the router's virtualenv never carries vLLM. This module itself uses the
 standard library only and is safe to import from the router.
 
-    python -m hostkit.engine serve --model tiny-chat --port 8001 --data-dir /tmp/engine
-    python -m hostkit.engine build --model smollm2 --data-dir /tmp/engine
+    python -m hostkit.local.engine serve --model tiny-chat --port 8001 --data-dir /tmp/engine
+    python -m hostkit.local.engine build --model smollm2 --data-dir /tmp/engine
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from hostkit.models import MODELS, SERVED_NAMES, is_complete
+from hostkit.local.groups import die_with_parent, process_group_alive, record_group, signal_group
+from hostkit.local.models import MODELS, SERVED_NAMES, is_complete
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-engine"
 # Written by scripts/make-engine-venv.sh once the install is complete.
 VENV_STAMP = ".gpushare-engine-stamp"
@@ -111,7 +112,7 @@ def engine_env(data_dir: str | os.PathLike, base: dict | None = None) -> dict:
 
 def ensure_model(model: str, models_dir: str | os.PathLike, *, python: str | os.PathLike | None = None,
                  data_dir: str | os.PathLike | None = None, timeout: float = 900) -> Path:
-    """The folder ``models_dir/model``, built first by ``python -m hostkit.models`` in the engine venv."""
+    """The folder ``models_dir/model``, built first by ``python -m hostkit.local.models`` in the engine venv."""
     if model not in MODELS:
         raise EngineError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
     target = Path(models_dir).resolve() / model
@@ -121,7 +122,7 @@ def ensure_model(model: str, models_dir: str | os.PathLike, *, python: str | os.
     env = engine_env(data_dir or target.parent)
     try:
         done = subprocess.run(
-            [str(python), "-m", "hostkit.models", model, str(target)],
+            [str(python), "-m", "hostkit.local.models", model, str(target)],
             cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
@@ -213,7 +214,7 @@ class Engine:
                 self.process = subprocess.Popen(
                     self.command(), cwd=self.data_dir, env=env, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_die_with_parent if self.die_with_parent else None,
+                    preexec_fn=die_with_parent if self.die_with_parent else None,
                 )
             if self.pid_file:
                 record_group(self.pid_file, self.process.pid)
@@ -273,7 +274,7 @@ class Engine:
             while (process.poll() is None or process_group_alive(pgid)) and time.monotonic() < deadline:
                 time.sleep(0.1)
             while process.poll() is None or process_group_alive(pgid):
-                _signal_group(pgid, signal.SIGKILL)
+                signal_group(pgid, signal.SIGKILL)
                 time.sleep(0.1)
         if self._run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
@@ -288,87 +289,6 @@ class Engine:
         self.stop()
 
 
-def record_group(pid_file: str | os.PathLike, pgid: int) -> None:
-    """Record a running engine's process group (its leader's id and start time) for ``stop_leftover``."""
-    Path(pid_file).write_text(json.dumps({"pgid": pgid, "started": _start_time(pgid)}))
-
-
-def stop_leftover(pid_file: str | os.PathLike, grace: float = 10) -> int | None:
-    """Stop the engine group recorded in ``pid_file`` if it is still running, and return its id.
-
-    An agent killed with SIGKILL cannot stop its engine. PDEATHSIG asks the engine to stop, but vLLM's
-    graceful shutdown can hang with requests in flight, holding the GPU and memory; the next agent ends it
-    here. The recorded start time tells the engine from an unrelated process that got the same id later."""
-    path = Path(pid_file)
-    try:
-        record = json.loads(path.read_text())
-        pgid, started = int(record["pgid"]), record["started"]
-    except (OSError, ValueError, KeyError, TypeError):
-        path.unlink(missing_ok=True)
-        return None
-    path.unlink(missing_ok=True)
-    if started is None or _start_time(pgid) != started:
-        return None
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while process_group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    while process_group_alive(pgid):
-        _signal_group(pgid, signal.SIGKILL)
-        time.sleep(0.1)
-    return pgid
-
-
-def _start_time(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (None where /proc cannot say)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def _die_with_parent() -> None:
-    """In the engine's child before exec: SIGTERM when the thread that started it ends, so an agent killed
-    with SIGKILL does not leave an engine holding the GPU."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def process_group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state, ppid, pgrp, ...
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
 def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
           venv: str | os.PathLike | None = None, served_name: str | None = None, **engine_args) -> Engine:
     """Build ``model`` under ``data_dir/models`` if needed and start an engine serving it."""
@@ -381,7 +301,7 @@ def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hostkit.engine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hostkit.local.engine", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("serve", "build"):
         sub = commands.add_parser(name)
@@ -401,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _serve_forever(args)
     except EngineError as exc:
-        print(f"hostkit.engine: {exc}", file=sys.stderr)
+        print(f"hostkit.local.engine: {exc}", file=sys.stderr)
         return 1
 
 
@@ -421,7 +341,8 @@ def _serve_forever(args) -> int:
               f"(pid {engine.pid}, log {engine.log_path})", flush=True)
         while not stopping.wait(1):
             if not engine.alive():
-                print(f"hostkit.engine: engine died; log {engine.log_path}:\n{engine.log_tail()}", file=sys.stderr)
+                print(f"hostkit.local.engine: engine died; log {engine.log_path}:\n{engine.log_tail()}",
+                      file=sys.stderr)
                 return 1
     finally:
         engine.stop()

@@ -1,0 +1,10 @@
+"""The engine hostkit runs where there is no GPU: vLLM's CPU build as a process, and the models it can build here.
+
+- ``engine``: ``python -m hostkit.local.engine``: one vLLM OpenAI-compatible server as a child process in its
+  own process group, from ``.venv-engine``; it stops the group whole, and stops one a dead agent left.
+- ``models``: ``python -m hostkit.local.models``: the tiny test model (tiny-chat) built from nothing, and
+  SmolLM2-135M-Instruct from a wheel; no download at run time.
+
+The router imports ``engine`` for its tests and ``make run``'s demo host only; it uses the standard library
+alone. A GPU host runs vLLM's own image instead (``hostkit.agent.DockerEngine``).
+"""
