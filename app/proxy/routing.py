@@ -35,7 +35,7 @@ RETRY_SECONDS = 1.0
 # The hosts that may take requests for a model (``hm``) now, before their weekly schedules; the pricing job
 # counts supply over the same hosts.
 # ``hosts.serving(host)`` in SQL, for speed: the schedule is checked in Python on each row (``load``).
-# tests/test_serving.py holds the two to each other over every combination of their inputs.
+# tests/hosts/test_serving.py holds the two to each other over every combination of their inputs.
 SERVING_HOSTS = """
     FROM host_models hm JOIN hosts h ON h.id = hm.host_id
     WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.available AND h.healthy

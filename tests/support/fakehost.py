@@ -1,6 +1,6 @@
 """A host engine that misbehaves on request: a real HTTP server on loopback speaking the OpenAI wire format.
 
-Real vLLM hosts cover what a good host does (tests/test_chat_vllm.py); this one
+Real vLLM hosts cover what a good host does (tests/proxy/test_chat_vllm.py); this one
 covers what a broken or dishonest host does. Every generated token is the
 four bytes ``"tok "``, so the router's byte estimate counts exactly one token
 per chunk.

@@ -21,6 +21,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from app import ROOT
+
 CACHE_DIR = Path("/var/cache/gpushare-tests")
 SUITE = "noble"
 MIRRORS = ("http://archive.ubuntu.com/ubuntu", "http://deb.debian.org/ubuntu")
@@ -44,7 +46,7 @@ PACKAGES = (
     "systemd-sysv",
     "wireguard-tools",
 )
-HOSTKIT = Path(__file__).resolve().parent.parent / "hostkit"
+HOSTKIT = ROOT / "hostkit"
 # hostkit builds with setuptools; pip's isolated build needs it among the offline wheels too.
 BUILD_REQUIREMENTS = ("setuptools>=68",)
 ROOT_PYTHON = "3.12"

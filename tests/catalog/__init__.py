@@ -1,0 +1,1 @@
+"""What is sold: the catalog and supply-and-demand pricing."""

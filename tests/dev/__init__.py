@@ -1,0 +1,1 @@
+"""make run: python -m app.dev.serve and its supervisor and janitor."""

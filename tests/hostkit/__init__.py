@@ -1,0 +1,1 @@
+"""hostkit on the host: check, register, and the local vLLM engine."""

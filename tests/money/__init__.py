@@ -1,0 +1,1 @@
+"""Every cent: units, the ledger and its SQL, Stripe in and out, webhooks, usage, reports, the money simulation."""

@@ -1,0 +1,1 @@
+"""The WireGuard overlay end to end in network namespaces, and peer ids."""
