@@ -32,6 +32,12 @@ def utcnow() -> datetime:
 Timestamp = DateTime(timezone=True)
 
 
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """A CHECK's condition: ``column`` holds one of ``values`` (each enum is written once, as a tuple on its
+    model, and the database checks the same tuple)."""
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
 class User(UserMixin, db.Model):
     __tablename__ = "users"
 
@@ -222,7 +228,7 @@ class Host(db.Model):
     offers: Mapped[list[HostModel]] = relationship(back_populates="host", cascade="all, delete-orphan")
 
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'approved', 'rejected', 'suspended')", name="status_known"),
+        CheckConstraint(one_of("status", STATUSES), name="status_known"),
         CheckConstraint("engine_port IS NULL OR engine_port BETWEEN 1 AND 65535", name="engine_port_valid"),
     )
 
@@ -280,6 +286,7 @@ class LedgerAccount(db.Model):
     __tablename__ = "ledger_accounts"
 
     KINDS = ("client", "host", "platform_fees", "grants", "stripe", "receivable", "payouts_pending")
+    OWNED_KINDS = ("client", "host", "receivable")  # a person's accounts; the rest are the platform's
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -291,10 +298,8 @@ class LedgerAccount(db.Model):
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
 
     __table_args__ = (
-        CheckConstraint("kind IN ('client', 'host', 'platform_fees', 'grants', 'stripe', 'receivable', "
-                        "'payouts_pending')", name="kind_known"),
-        CheckConstraint("(user_id IS NOT NULL) = (kind IN ('client', 'host', 'receivable'))",
-                        name="owner_matches_kind"),
+        CheckConstraint(one_of("kind", KINDS), name="kind_known"),
+        CheckConstraint(f"(user_id IS NOT NULL) = ({one_of('kind', OWNED_KINDS)})", name="owner_matches_kind"),
         CheckConstraint("kind <> 'receivable' OR balance <= 0", name="receivable_owed"),
         CheckConstraint("held >= 0", name="held_not_negative"),
         CheckConstraint("credit_limit >= 0", name="credit_limit_not_negative"),
@@ -342,6 +347,7 @@ class Hold(db.Model):
     """A request's worst-case cost, reserved at admission and released when it is settled or voided."""
 
     __tablename__ = "holds"
+    STATUSES = ("held", "settled", "voided")
 
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
@@ -354,7 +360,7 @@ class Hold(db.Model):
 
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("status IN ('held', 'settled', 'voided')", name="status_known"),
+        CheckConstraint(one_of("status", STATUSES), name="status_known"),
         Index("ix_holds_open", "expires_at", postgresql_where=text("status = 'held'")),
     )
 
@@ -440,7 +446,7 @@ class Purchase(db.Model):
 
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
-        CheckConstraint("status IN ('open', 'processing', 'paid', 'failed')", name="status_known"),
+        CheckConstraint(one_of("status", STATUSES), name="status_known"),
         # Each within the payment; their sum may pass it while a won dispute's event is still on its way.
         CheckConstraint("refunded BETWEEN 0 AND amount AND disputed BETWEEN 0 AND amount",
                         name="reversals_within_amount"),
@@ -520,7 +526,7 @@ class Payout(db.Model):
 
     __table_args__ = (
         CheckConstraint("amount > 0 AND amount % 10000 = 0", name="amount_whole_cents"),
-        CheckConstraint("status IN ('pending', 'paid', 'failed', 'needs_attention')", name="status_known"),
+        CheckConstraint(one_of("status", STATUSES), name="status_known"),
         CheckConstraint("status <> 'paid' OR stripe_transfer_id IS NOT NULL", name="paid_has_transfer"),
         CheckConstraint("reversed >= 0 AND reversed <= amount", name="reversed_within_amount"),
         Index("uq_payouts_one_open", "user_id", unique=True,

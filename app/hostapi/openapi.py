@@ -7,6 +7,7 @@ against it (schemathesis).
 from __future__ import annotations
 
 from ..hosts import NOT_SERVING
+from ..models import Host
 from . import schemas
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
@@ -27,7 +28,7 @@ HOST_STATE = {
                  "models"],
     "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
-        "status": {"enum": ["pending", "approved", "rejected", "suspended"]},
+        "status": {"enum": list(Host.STATUSES)},
         "peer_id": {"type": ["string", "null"]}, "overlay_address": {"type": ["string", "null"]},
         "engine_port": {"type": ["integer", "null"]}, "enabled": {"type": "boolean"},
         "available": {"type": "boolean"},

@@ -1,6 +1,7 @@
 """The migrations, both ways: a new database goes to the newest schema, all the way back, and up again."""
 from __future__ import annotations
 
+import re
 import uuid
 
 import psycopg
@@ -12,6 +13,7 @@ from sqlalchemy.engine import make_url
 from app import create_app
 from app.config import normalise_database_url
 from app.extensions import db
+from app.models import Host
 
 
 @pytest.fixture
@@ -63,3 +65,19 @@ def test_constraint_names_follow_the_models(app):
         found = inspect(db.engine)
         actual = {table: {c["name"] for c in found.get_check_constraints(table)} for table in expected}
     assert actual == expected
+
+
+def test_each_enum_check_allows_exactly_its_models_tuple(app):
+    """An enum is written once, as a tuple on its model (``Host.STATUSES``...); the migrated database's CHECK allows
+    exactly those values."""
+    def values(condition: str) -> set[str]:
+        return set(re.findall(r"'([a-z_]+)'", condition))
+
+    expected = {(table.name, c.name): values(str(c.sqltext)) for table in db.metadata.sorted_tables
+                for c in table.constraints if c.__class__.__name__ == "CheckConstraint" and " IN (" in str(c.sqltext)}
+    with app.app_context():
+        found = inspect(db.engine)
+        actual = {(table, c["name"]): values(c["sqltext"]) for table in {t for t, _ in expected}
+                  for c in found.get_check_constraints(table) if (table, c["name"]) in expected}
+    assert len(expected) >= 6 and actual == expected
+    assert set(Host.STATUSES) in [allowed for (table, _), allowed in expected.items() if table == "hosts"]
