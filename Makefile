@@ -16,7 +16,7 @@ run: $(VENV)/.run-deps run-debs engine-venv
 	$(BIN)/python -m app.dev.serve
 
 test: lint $(VENV)/.test-deps debs engine-venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	scripts/run-tests.sh $(BIN)/python $(PYTEST_ARGS)
 
 test-fast: lint
 	$(BIN)/python -m pytest -n auto -m "not vllm and not browser and not root and not slow" $(PYTEST_ARGS)
