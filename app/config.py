@@ -112,15 +112,21 @@ def normalise_database_url(url: str) -> str:
 SERVICES_FILE = "services.env"
 
 
-def _running_services(data_dir: Path) -> dict[str, str]:
-    """The URLs of the PostgreSQL and Redis that a ``make run`` on ``data_dir`` runs (it writes them to
-    ``services.env`` while it runs), so that a flask command beside it needs no settings."""
+def read_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines (``services.env``, ``demo.env``); no file is no settings."""
     try:
-        lines = (data_dir / SERVICES_FILE).read_text().splitlines()
+        lines = path.read_text().splitlines()
     except OSError:
         return {}
     pairs = (line.split("=", 1) for line in lines if "=" in line)
-    return {name: value for name, value in pairs if name in ("DATABASE_URL", "REDIS_URL")}
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def _running_services(data_dir: Path) -> dict[str, str]:
+    """The URLs of the PostgreSQL and Redis that a ``make run`` on ``data_dir`` runs (it writes them to
+    ``services.env`` while it runs), so that a flask command beside it needs no settings."""
+    found = read_env_file(data_dir / SERVICES_FILE)
+    return {name: found[name] for name in ("DATABASE_URL", "REDIS_URL") if name in found}
 
 
 def _dev_secret(data_dir: Path) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app import accounts, catalog, hosts
 from app.accounts import api_keys
+from app.config import read_env_file
 from app.extensions import db
 from app.models import Host, User
 from app.money import connect, ledger
@@ -63,13 +64,6 @@ class Demo:
 def seed_models() -> int:
     """The catalog on sale, and the demo and test models. Returns how many models were added."""
     return catalog.seed() + catalog.seed(MODELS)
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    if not path.exists():
-        return {}
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def _account(email: str, password: str | None, **roles):

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from app import ROOT
-from app.dev.demo import read_env_file
+from app.config import read_env_file
 from hostkit.local.engine import free_port
 
 from ..support.platforms import BANNER_TIMEOUT, PAGES_TIMEOUT, Platform, get, wait_for_nothing_left

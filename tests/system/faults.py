@@ -13,8 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.pool import NullPool
 
 from app import create_app
-from app.config import normalise_database_url
-from app.dev.demo import read_env_file
+from app.config import normalise_database_url, read_env_file
 from app.dev.embedded import EmbeddedPostgres
 from app.extensions import db
 from app.models import UsageRecord
