@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hostkit.local.groups import process_group_alive
+from hostkit.local.groups import process_group_alive, signal_group
 
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 30.0
@@ -130,10 +130,7 @@ def stop(processes: list[tuple[subprocess.Popen | None, float]]) -> None:
         now = time.monotonic()
         for process, deadline in live:
             if now >= deadline:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_group(process.pid, signal.SIGKILL)
         live = [(p, d) for p, d in live if p.poll() is None or process_group_alive(p.pid)]
         time.sleep(0.1)
 

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from hostkit.local.groups import die_with_parent, process_group_alive, record_group, signal_group
+from hostkit.local.groups import die_with_parent, end_group, process_group_alive, record_group
 from hostkit.local.models import MODELS, SERVED_NAMES, is_complete
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -270,12 +270,8 @@ class Engine:
             # Only the API server: it stops its engine core itself; a group-wide SIGTERM races that.
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + self.stop_grace
-            while (process.poll() is None or process_group_alive(pgid)) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            while process.poll() is None or process_group_alive(pgid):
-                signal_group(pgid, signal.SIGKILL)
-                time.sleep(0.1)
+            # The server is our child: poll() sees it run, and reaps it once it has ended.
+            end_group(pgid, self.stop_grace, lambda: process.poll() is None or process_group_alive(pgid))
         if self._run_dir:
             shutil.rmtree(self._run_dir, ignore_errors=True)
             self._run_dir = None

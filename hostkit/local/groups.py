@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -32,23 +33,35 @@ def stop_leftover(pid_file: str | os.PathLike, grace: float = 10) -> int | None:
     if started is None or start_time(pgid) != started:
         return None
     signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while process_group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    while process_group_alive(pgid):
-        signal_group(pgid, signal.SIGKILL)
-        time.sleep(0.1)
+    end_group(pgid, grace)
     return pgid
 
 
-def start_time(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (None where /proc cannot say)."""
+def end_group(pgid: int, grace: float, running: Callable[[], bool] | None = None) -> None:
+    """Give group ``pgid`` ``grace`` seconds to exit (it has been asked), then SIGKILL it until nothing of it
+    runs. ``running`` says whether it still runs (by default: any process of the group is alive)."""
+    running = running or (lambda: process_group_alive(pgid))
+    deadline = time.monotonic() + grace
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while running():
+        signal_group(pgid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """``/proc/PID/stat``'s fields after the parenthesised command (state, ppid, pgrp, ...), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return int(fields[19]) if len(fields) > 19 else None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (None where /proc cannot say)."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 def die_with_parent() -> None:
@@ -78,14 +91,7 @@ def process_group_alive(pgid: int) -> bool:
             return False
         return True
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state, ppid, pgrp, ...
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields and len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             return True
     return False
