@@ -7,23 +7,15 @@ must agree.
 """
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from app import ROOT
 from hostkit import check
 
-from ..support import h100_report
+from ..support import h100_report, hostkit
 
 H100 = h100_report()
-
-
-def hostkit(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "hostkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=env or os.environ, timeout=60)
 
 
 def test_it_says_plainly_that_there_is_no_gpu():

@@ -1,22 +1,14 @@
 """``hostkit register`` against the real router: identity made on the machine, token kept, clear one-line errors."""
 import json
-import os
-import subprocess
-import sys
 
 from sqlalchemy import select
 from wireguard_tools import WireguardKey
 
-from app import ROOT
 from app.extensions import db
 from app.models import Host
 
 from ..hosts.test_host_registration import enrollment_key
-
-
-def hostkit(*args):
-    return subprocess.run([sys.executable, "-m", "hostkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env=os.environ)
+from ..support import hostkit
 
 
 def test_it_registers_this_machine_with_a_key_that_stays_here(client, auth, people, live_server, tmp_path):

@@ -1,17 +1,16 @@
 """One serving rule: ``hosts.serving(host)`` says whether a host gets requests now and why not; the routing table
 (SQL, for speed), the host dashboard, the host API and hostkit all give the same answer."""
 import itertools
-import subprocess
-import sys
 from datetime import datetime, timezone
 
 from sqlalchemy import select
 
-from app import ROOT, hosts
+from app import hosts
 from app.extensions import db
 from app.models import Host
 from app.proxy.gateway import gateway
 
+from ..support import hostkit
 from ..support.factories import make_host, refresh_routes, seed_catalog
 from .test_host_registration import enrollment_key
 
@@ -55,11 +54,6 @@ def test_the_first_reason_is_the_one_given(people):
     assert hosts.serving(host).code == "unhealthy"
     host.healthy = True
     assert hosts.serving(host).ok
-
-
-def hostkit(*args):
-    return subprocess.run([sys.executable, "-m", "hostkit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
 
 
 def test_hostkit_tells_a_disabled_or_suspended_host_the_truth(client, auth, people, live_server, tmp_path):

@@ -10,6 +10,7 @@ from app.catalog import usd
 from app.extensions import db
 from app.models import CatalogModel, Payout, Purchase, UsageRecord
 from app.money import connect, ledger, payouts
+from app.money.units import MICRO_PER_CENT as CENT
 from app.money.units import cost_of
 from jobs import payouts as payout_job
 
@@ -19,7 +20,6 @@ from ..support.stripe_helpers import start
 MODEL = "gpushare/tiny-chat"
 
 
-CENT = 10_000
 
 
 class WorkerKilled(Exception):

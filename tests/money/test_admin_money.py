@@ -10,13 +10,13 @@ from sqlalchemy import text
 from app.extensions import db
 from app.money import ledger, reports
 from app.money.stripe import client as stripe_client
+from app.money.units import MICRO as USD
 from jobs import payouts as payout_job
 
 from ..support import factories
 from ..support.stripe_helpers import check_ledger, start
 from .test_payouts import onboarded
 
-USD = 1_000_000
 HX = {"HX-Request": "true"}
 
 

@@ -8,13 +8,12 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import Purchase
 from app.money import purchases
+from app.money.units import MICRO as USD
 
 from ..proxy.test_chat_proxy import MODEL, price
 from ..support import factories
 from ..support.fakehost import FakeHost
 from ..support.stripe_helpers import available, check_ledger, owed, start
-
-USD = 1_000_000
 
 
 def test_it_says_how_to_enable_payments_when_stripe_is_not_configured(app, people, auth, client):

@@ -11,13 +11,12 @@ from app.extensions import db
 from app.models import Payout, PayoutAccount
 from app.money import connect, ledger, payouts
 from app.money.stripe import client as stripe_client
+from app.money.units import MICRO as USD
+from app.money.units import MICRO_PER_CENT as CENT
 from jobs import payouts as payout_job
 
 from ..support.concurrency import at_once
 from ..support.stripe_helpers import check_ledger
-
-USD = 1_000_000
-CENT = 10_000
 
 
 def earn(owner, micro: int) -> None:

@@ -11,11 +11,10 @@ from sqlalchemy import func, select
 from app.dev.stripe_standin import sign
 from app.extensions import db
 from app.models import Purchase, StripeEvent
+from app.money.units import MICRO as USD
 
 from ..support.concurrency import at_once
 from ..support.stripe_helpers import OLD_WEBHOOK_SECRET, WEBHOOK_SECRET, available, check_ledger, owed, start
-
-USD = 1_000_000
 
 
 def post(live_server, body: bytes | str, headers: dict) -> tuple[int, dict]:
