@@ -1,7 +1,9 @@
 """The engine hostkit runs where there is no GPU: vLLM's CPU build as a process, and the models it can build here.
 
 - ``engine``: ``python -m hostkit.local.engine``: one vLLM OpenAI-compatible server as a child process in its
-  own process group, from ``.venv-engine``; it stops the group whole, and stops one a dead agent left.
+  own process group, from ``.venv-engine``.
+- ``groups``: process groups stopped whole (``end_group``), and the one a dead agent left stopped by the next
+  (``record_group``, ``stop_leftover``).
 - ``models``: ``python -m hostkit.local.models``: the tiny test model (tiny-chat) built from nothing, and
   SmolLM2-135M-Instruct from a wheel; no download at run time.
 
