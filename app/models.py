@@ -170,12 +170,17 @@ class CatalogModel(db.Model):
     input_price: Mapped[int] = mapped_column(BigInteger)
     output_price: Mapped[int] = mapped_column(BigInteger)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    # vLLM's names for the parsers that turn this model's text into tool calls and reasoning (None: it has none).
+    tool_call_parser: Mapped[str | None] = mapped_column(String(40))
+    reasoning_parser: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow,
                                                  server_default=func.now())
 
     __table_args__ = (
         CheckConstraint("context_length > 0", name="context_length_positive"),
+        CheckConstraint("tool_call_parser ~ '^[a-z0-9_]{1,40}$'", name="tool_call_parser_name"),
+        CheckConstraint("reasoning_parser ~ '^[a-z0-9_]{1,40}$'", name="reasoning_parser_name"),
         CheckConstraint("min_vram_mib >= 0", name="min_vram_not_negative"),
         CheckConstraint("0 <= floor_input_price AND floor_input_price <= ceiling_input_price "
                         "AND ceiling_input_price < reference_input_price", name="input_price_bounds"),

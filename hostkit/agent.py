@@ -25,6 +25,7 @@ from pathlib import Path
 
 from hostkit import diagnostics, wireguard
 from hostkit.client import DEFAULT_STATE_DIR, HostkitError, Router
+from hostkit.local.engine import EngineError, parser_args, parser_settings, serve
 
 DEFAULT_INTERFACE = "gpushare0"
 FIREWALL_TABLE = "gpushare_host"
@@ -38,7 +39,7 @@ DRAIN_TIMEOUT_SECONDS = 600
 ENGINE_BACKOFF_SECONDS = 5
 ENGINE_MAX_BACKOFF_SECONDS = 300
 ENGINE_STABLE_SECONDS = 300
-VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"  # the vLLM of hostkit/requirements-engine.txt
 
 
 def log(message: str) -> None:
@@ -72,8 +73,8 @@ class ProcessEngine:
         self.engine = None
         self.model: str | None = None
 
-    def start(self, model: str, host: str, port: int):
-        from hostkit.local.engine import EngineError, serve
+    def start(self, model: str, host: str, port: int, tool_call_parser: str | None = None,
+              reasoning_parser: str | None = None):
         from hostkit.local.groups import stop_leftover
         from hostkit.local.models import SERVED_NAMES
 
@@ -86,7 +87,8 @@ class ProcessEngine:
             log(f"stopped the engine a previous agent left running (process group {leftover})")
         try:
             self.engine = serve(local[model], self.data_dir, host=host, port=port, venv=self.venv,
-                                die_with_parent=True, pid_file=pid_file)
+                                die_with_parent=True, pid_file=pid_file, tool_call_parser=tool_call_parser,
+                                reasoning_parser=reasoning_parser)
         except EngineError as error:
             raise HostkitError(f"the engine did not start: {error}") from None
         self.model = model
@@ -124,11 +126,13 @@ class DockerEngine:
         self.host = self.port = None
         self.max_model_len = None
 
-    def start(self, model: str, host: str, port: int):
+    def start(self, model: str, host: str, port: int, tool_call_parser: str | None = None,
+              reasoning_parser: str | None = None):
         subprocess.run(["docker", "rm", "-f", self.container], capture_output=True)
         command = ["docker", "run", "--detach", "--name", self.container, "--gpus", "all", "--ipc", "host",
                    "--network", "host", "--volume", "/var/lib/hostkit/hf-cache:/root/.cache/huggingface",
-                   self.image, "--model", model, "--served-model-name", model, "--host", host, "--port", str(port)]
+                   self.image, "--model", model, "--served-model-name", model, "--host", host, "--port", str(port),
+                   *parser_args(tool_call_parser, reasoning_parser)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise HostkitError(f"docker run {self.image}: {done.stderr.strip()}")
@@ -259,7 +263,8 @@ class Agent:
         self.heartbeat_quietly()
         log(f"starting the engine: {model} on {self.overlay['address']}:{self.overlay['engine_port']}")
         try:
-            self.engine.start(model, self.overlay["address"], self.overlay["engine_port"])
+            self.engine.start(model, self.overlay["address"], self.overlay["engine_port"],
+                              **parser_settings((host.get("parsers") or {}).get(model)))
         except HostkitError as error:
             self.engine_failed(str(error))
             return

@@ -26,10 +26,12 @@ TINY_TEST_MODEL = "gpushare/tiny-chat"
 MODELS = [
     catalog.entry(DEMO_MODEL, "SmolLM2 135M Instruct", *catalog.APACHE,
                   "SmolLM2 by Hugging Face. Small enough to serve on a CPU.", 8192, 0,
-                  catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
+                  catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01"),
+                  tool_call_parser="hermes"),
     catalog.entry(TINY_TEST_MODEL, "gpushare tiny chat (test)", *catalog.APACHE,
                   "A tiny randomly initialised model built by gpushare's test suite; its output is noise.",
-                  2048, 0, catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01")),
+                  2048, 0, catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01"),
+                  tool_call_parser="hermes"),
 ]
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"

@@ -87,7 +87,10 @@ def _host_state(host) -> dict:
             "in_schedule": hosts.in_schedule(host), "schedule": schedule.format_windows(host.schedule or []),
             "timezone": host.timezone, "healthy": host.healthy, "heartbeat": host.heartbeat or {},
             "last_heartbeat_at": host.last_heartbeat_at.isoformat() if host.last_heartbeat_at else None,
-            "models": [offer.model.hf_id for offer in host.offers if offer.enabled]}
+            "models": [offer.model.hf_id for offer in host.offers if offer.enabled],
+            "parsers": {offer.model.hf_id: {"tool_call_parser": offer.model.tool_call_parser,
+                                            "reasoning_parser": offer.model.reasoning_parser}
+                        for offer in host.offers if offer.enabled}}
 
 
 ENGINE_ADDRESS_FIELDS = {"api_base", "engine_address", "engine_url"}

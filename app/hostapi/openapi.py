@@ -42,6 +42,10 @@ HOST_STATE = {
         "timezone": {"type": "string"}, "healthy": {"type": "boolean"}, "heartbeat": {"type": "object"},
         "last_heartbeat_at": {"type": ["string", "null"]},
         "models": {"type": "array", "items": {"type": "string"}},
+        # How the engine is to serve each model: vLLM's tool-call and reasoning parsers (null: none).
+        "parsers": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"tool_call_parser": {"type": ["string", "null"]},
+                                             "reasoning_parser": {"type": ["string", "null"]}}}},
     },
 }
 HOST = {"type": "object", "required": ["host"], "properties": {"host": {"$ref": "#/components/schemas/HostState"}}}

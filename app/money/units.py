@@ -56,3 +56,9 @@ def format_cents(cents: int) -> str:
 def cost_of(prompt_tokens: int, completion_tokens: int, input_price: int, output_price: int) -> int:
     """Micro-USD for a request at prices per million tokens, rounded up."""
     return -(-(prompt_tokens * input_price + completion_tokens * output_price) // TOKENS_PER_PRICE)
+
+
+def usd_of(micro: int) -> float:
+    """An amount as a number of dollars, for ``usage.cost`` in API answers (as OpenRouter reports it). Display only:
+    every sum is made in integer micro-units."""
+    return micro / MICRO

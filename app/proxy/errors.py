@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from flask import jsonify
 
+from ..echo import shown
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -33,3 +35,27 @@ def openai_error(status: int, message: str, *, code: str | None = None, param: s
     response.status_code = status
     response.headers.update(headers or {})
     return response
+
+
+# What /v1 serves: an unknown path or method under /v1 is told so, in these words.
+SERVED = ("POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "GET /v1/models/{model}",
+          "GET /v1/generations/{id}")
+
+
+def route_error(status: int, method: str, path: str, headers: dict | None = None):
+    """404 and 405 under /v1: OpenAI's error object, with a code that says the endpoint or method is not served and a
+    message that names what is."""
+    if status == 404:
+        return openai_error(404, f"{shown(path, 80)} is not an endpoint of this API. It serves {', '.join(SERVED)}.",
+                            code="unsupported_endpoint", headers=headers)
+    if status == 405:
+        allowed = [line for line in SERVED if _matches(line.split()[1], path)]
+        return openai_error(405, f"{method} is not served at {shown(path, 80)}. It serves "
+                                 f"{', '.join(allowed or SERVED)}.", code="method_not_allowed", headers=headers)
+    return None
+
+
+def _matches(pattern: str, path: str) -> bool:
+    want, got = pattern.strip("/").split("/"), path.strip("/").split("/")
+    return (len(want) == len(got) or want[-1].startswith("{") and len(got) >= len(want)) and all(
+        w.startswith("{") or w == g for w, g in zip(want, got))

@@ -33,6 +33,7 @@ from functools import cached_property
 import orjson
 import psycopg
 from flask import Flask, Response, current_app, g, request, stream_with_context
+from jinja2.exceptions import TemplateError
 from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -222,10 +223,13 @@ class Call:
         return self.prompt_tokens + (self.req.max_tokens or 0) * self.req.n
 
     def upstream_body(self) -> bytes:
-        body = dict(self.req.body)
-        body.pop("max_completion_tokens", None)
+        body = self.req.forward()
+        body["model"] = self.offer.hf_id
         body["max_tokens"] = self.granted
+        # The generated token ids, which the router decodes and counts itself (``relay``).
+        body["return_token_ids"] = True
         if self.req.stream:
+            body["stream"] = True
             body["stream_options"] = {"include_usage": True}  # the host's claim, recorded beside our count
         return orjson.dumps(body)
 
@@ -288,15 +292,15 @@ def admit(endpoint: str) -> Call:
     if not key.allows(offer.hf_id):
         raise ApiError(403, f"This API key is not allowed to use the model '{offer.hf_id}'.", param="model",
                        code="model_not_allowed")
-    tokenizer = gw.meter.for_model(offer.hf_id)
+    if (req.tools or req.functions) and not offer.tools:
+        raise ApiError(400, f"'{offer.hf_id}' does not call tools: send the request without 'tools', or use a model "
+                            "whose /v1/models entry says it supports tools.", param="tools",
+                       code="unsupported_parameter")
     try:
-        if endpoint == "chat":
-            prompt_tokens = tokenizer.count_chat(req.body["messages"], req.body.get("tools"))
-        else:
-            prompt = req.body["prompt"]
-            prompt_tokens = tokenizer.count_prompt(prompt if isinstance(prompt, str) else prompt[0])
-    except Exception:
-        raise ApiError(400, "The messages could not be rendered with this model's chat template.",
+        prompt_tokens = req.count_prompt(gw.meter.for_model(offer.hf_id))
+    except Exception as error:  # the template's own refusal (raise_exception), or one it could not render
+        reason = f": {shown(str(error), 200)}" if isinstance(error, TemplateError) else "."
+        raise ApiError(400, f"The messages could not be rendered with this model's chat template{reason}",
                        param="messages", code="invalid_messages") from None
     _check_context(offer.context_length, prompt_tokens, req, "This model's maximum context length")
     rpm = key.requests_per_minute or gw.default_rpm
@@ -314,7 +318,9 @@ def complete(endpoint: str):
     """``POST /v1/chat/completions`` and ``POST /v1/completions``."""
     try:
         call = admit(endpoint)
-        candidates = call.gw.routing.candidates(call.offer, call.prompt_tokens + (call.req.max_tokens or 1))
+        candidates = call.gw.routing.candidates(call.offer, call.prompt_tokens + (call.req.max_tokens or 1),
+                                                sticky=f"{call.key.user_id}:{call.req.sticky}" if call.req.sticky
+                                                else None)
     except RoutingUnavailable:
         raise unavailable() from None
     if not candidates:

@@ -88,6 +88,7 @@ def chat_response(upstream: dict, *, response_id: str, created: int, model: str,
         calls = _tool_calls(source.get("tool_calls"), chunk=False)
         if calls:
             message["tool_calls"] = calls
+            message["content"] = message["content"] or None  # OpenAI's: no text beside the calls is null
         choices.append({"index": choice.get("index", i) if isinstance(choice.get("index"), int) else i,
                         "message": message, "logprobs": _chat_logprobs(choice.get("logprobs")),
                         "finish_reason": _finish(choice.get("finish_reason"), CHAT_FINISH_REASONS)})
@@ -150,6 +151,26 @@ def completion_chunk(upstream: dict, *, response_id: str, created: int,
                                                  final=False)})
     return ({"id": response_id, "object": "text_completion", "created": created, "model": model,
              "choices": choices}, texts)
+
+
+def visible(chunk: dict) -> bool:
+    """Whether a chunk gives the client anything: engines send empty pieces while their parsers hold text back."""
+    return any(choice.get("delta") or choice.get("text") or choice.get("finish_reason") or choice.get("logprobs")
+               for choice in chunk["choices"])
+
+
+def legacy_functions(answer: dict, functions: bool) -> None:
+    """For a request that used the deprecated ``functions``: the first tool call as ``function_call`` (a whole
+    message or a chunk's delta), and ``function_call`` as the finish reason."""
+    if not functions:
+        return
+    for choice in answer["choices"]:
+        holder = choice.get("message") or choice.get("delta") or {}
+        calls = holder.pop("tool_calls", None)
+        if calls:
+            holder["function_call"] = {k: v for k, v in calls[0]["function"].items() if k in ("name", "arguments")}
+        if choice.get("finish_reason") == "tool_calls":
+            choice["finish_reason"] = "function_call"
 
 
 def usage_chunk(endpoint: str, *, response_id: str, created: int, model: str, counted: dict) -> dict:

@@ -50,7 +50,7 @@ TOOL = {
     "required": ["type", "function"],
     "properties": {"type": {"const": "function"}, "function": {
         "type": "object", "required": ["name"], "properties": {"name": {"type": "string",
-                                                                         "pattern": "^[A-Za-z0-9_-]{1,64}$"}}}},
+                                                                         "pattern": "^[A-Za-z0-9_.-]{1,64}$"}}}},
 }
 MESSAGE = {
     "type": "object",
@@ -73,7 +73,8 @@ def known() -> dict[str, dict]:
                   "examples": ["gpushare/tiny-chat"]},
         "stream": BOOLEAN,
         "stream_options": {"type": ["object", "null"], "additionalProperties": False,
-                           "properties": {"include_usage": {}, "continuous_usage_stats": {}},
+                           "properties": {"include_usage": {}, "include_obfuscation": {},
+                                          "continuous_usage_stats": {}},
                            "description": "Only with `stream: true`."},
         "max_tokens": tokens, "max_completion_tokens": tokens,
         "n": {"type": ["integer", "null"], "minimum": 1, "maximum": current_app.config["MAX_CHOICES"]},
@@ -97,7 +98,9 @@ def _request(parameters: set[str], required: list[str]) -> dict:
 
 
 USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-         "properties": {"prompt_tokens": INTEGER, "completion_tokens": INTEGER, "total_tokens": INTEGER}}
+         "properties": {"prompt_tokens": INTEGER, "completion_tokens": INTEGER, "total_tokens": INTEGER,
+                        "cost": {"type": "number", "minimum": 0,
+                                 "description": "What the request was charged, in US dollars."}}}
 FINISH = {"type": ["string", "null"]}
 OPTIONAL_OBJECT = {"type": ["object", "null"]}
 
@@ -130,9 +133,25 @@ MODEL = {
     "properties": {
         "id": {"type": "string"}, "object": {"const": "model"}, "created": INTEGER, "owned_by": {"type": "string"},
         "context_length": INTEGER,
+        "supported_parameters": {"type": "array", "items": {"type": "string"}},
         "pricing": {"type": "object", "properties": {
             "currency": {"const": "USD"}, "input_per_million_tokens": PRICE, "output_per_million_tokens": PRICE,
             "reference_input_per_million_tokens": PRICE, "reference_output_per_million_tokens": PRICE}},
+    },
+}
+NULLABLE_INTEGER = {"type": ["integer", "null"]}
+GENERATION = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "endpoint", "status", "usage", "host_usage", "latency_ms"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"const": "generation"}, "created": INTEGER, "model": {"type": "string"},
+        "endpoint": {"type": "string"}, "stream": {"type": "boolean"}, "status": {"type": "string"},
+        "http_status": INTEGER, "usage": USAGE,
+        "host_usage": {"type": "object", "description": "What the host claimed; the bill is the router's count.",
+                       "properties": {"prompt_tokens": NULLABLE_INTEGER, "completion_tokens": NULLABLE_INTEGER}},
+        "latency_ms": INTEGER, "time_to_first_token_ms": NULLABLE_INTEGER,
+        "host": {"type": ["object", "null"], "properties": {"peer_id": {"type": ["string", "null"]},
+                                                            "region": {"type": ["string", "null"]}}},
     },
 }
 SSE = {"text/event-stream": {"schema": {"type": "string",
@@ -177,13 +196,20 @@ def document() -> dict:
                 "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "The model.", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Model"}}}}, **_errors("401", "404", "405", "503")}}},
+            "/generations/{id}": {"get": {
+                "summary": "One request's record (by its response id), for the owner of the key that made it",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The record.", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Generation"}}}},
+                    **_errors("401", "404", "405", "503")}}},
             "/chat/completions": _completion("A chat completion", "ChatCompletionRequest", "ChatCompletion"),
             "/completions": _completion("A text completion", "CompletionRequest", "Completion"),
         },
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "Error": ERROR, "Model": MODEL, "ChatCompletion": CHAT_COMPLETION, "Completion": COMPLETION,
+                "Error": ERROR, "Model": MODEL, "Generation": GENERATION, "ChatCompletion": CHAT_COMPLETION,
+                "Completion": COMPLETION,
                 "ChatCompletionRequest": _request(admission.CHAT_PARAMETERS, ["model", "messages"]),
                 "CompletionRequest": _request(admission.COMPLETION_PARAMETERS, ["model", "prompt"]),
             },

@@ -1,7 +1,11 @@
 """Relaying the host's answer to the client: a whole response, or a stream of Server-Sent Events.
 
 Both rebuild what the client receives field by field (``normalise``), count the completion with the router's
-own tokenizer, and settle the request once (``Call.finish``). A stream journals each piece before it is sent,
+own tokenizer, and settle the request once (``Call.finish``). The count is of the text the engine generated, which
+the router decodes from the token ids the engine returns (``return_token_ids``) when that text accounts for what
+the client received (``ModelTokenizer.count_generated``): so a tool call's syntax, a stop string and the
+end-of-sequence token count as the engine counts them, and a host cannot bill for text it did not deliver. Without
+such ids the delivered text is counted, plus the end-of-sequence token. A stream journals each piece before it is sent,
 so that a process killed mid-stream still bills what the client got; after the first byte a failure reaches
 the client as OpenAI's error object in an SSE ``error`` event, never as a cut connection.
 """
@@ -9,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
 from flask import current_app
 
+from ..money.units import usd_of
 from . import normalise
 from .routing import InFlight
 from .upstream import UpstreamError
@@ -35,6 +41,43 @@ def _ended_on_eos(choice) -> bool:
     return isinstance(choice, dict) and choice.get("finish_reason") == "stop" and choice.get("stop_reason") is None
 
 
+@dataclass
+class Generated:
+    """What one choice delivered, and what its host says it generated, for the count."""
+
+    content: list[str] = field(default_factory=list)
+    calls: dict[int, list[str]] = field(default_factory=dict)  # tool call index -> [name, arguments]
+    token_ids: list[int] | None = field(default_factory=list)  # None once a piece came without them
+    stop: str | None = None
+    ended_on_eos: bool = False
+
+    def add_ids(self, ids) -> None:
+        if self.token_ids is not None:
+            self.token_ids = self.token_ids + ids if isinstance(ids, list) else None
+
+    def tokens(self, call: Call) -> int:
+        tokenizer = call.gw.meter.for_model(call.offer.hf_id)
+        content = "".join(self.content)
+        if call.req.endpoint == "completions" and call.req.body.get("echo"):
+            prompt = call.req.body["prompt"]
+            prompt = prompt if isinstance(prompt, str) else prompt[0]
+            content = content[len(prompt):] if content.startswith(prompt) else content
+        pieces = [content] + [part for name_and_arguments in self.calls.values() for part in name_and_arguments]
+        counted = tokenizer.count_generated(self.token_ids, pieces, tool_calls=len(self.calls), stop=self.stop)
+        if counted is None:
+            arguments = "".join(arguments for _, arguments in self.calls.values())
+            counted = tokenizer.count_text(content + arguments) + self.ended_on_eos
+        return counted
+
+
+def _finished(generated: Generated, choice: dict) -> None:
+    if choice.get("finish_reason") is None:
+        return
+    generated.ended_on_eos = _ended_on_eos(choice)
+    stop = choice.get("stop_reason")
+    generated.stop = stop if isinstance(stop, str) else None
+
+
 def whole(call: Call, data: dict):
     if normalise.abandoned(data):
         raise UpstreamError("the host gave up on the request (its engine is stopping or failed)")
@@ -42,10 +85,24 @@ def whole(call: Call, data: dict):
     call.host_usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
     build = normalise.chat_response if call.req.endpoint == "chat" else normalise.completion_response
     body = build(data, response_id=call.response_id, created=call.created, model=call.offer.hf_id, counted={})
-    completion_tokens = count(call, normalise.texts_of_response(call.req.endpoint, body["choices"]))
-    completion_tokens += sum(map(_ended_on_eos, data.get("choices") or []))
+    sources = [choice for choice in data.get("choices") or [] if isinstance(choice, dict)]
+    completion_tokens = 0
+    for source, choice in zip(sources, body["choices"]):
+        generated = Generated(token_ids=source.get("token_ids") if isinstance(source.get("token_ids"), list)
+                              else None)
+        _finished(generated, source)
+        if call.req.endpoint == "chat":
+            message = choice["message"]
+            generated.content.append(message["content"] or "")
+            generated.calls = {k: [c["function"]["name"], c["function"]["arguments"]]
+                               for k, c in enumerate(message.get("tool_calls", []))}
+        else:
+            generated.content.append(choice["text"])
+        completion_tokens += generated.tokens(call)
+    normalise.legacy_functions(body, call.req.functions)
     body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
     call.finish("ok", 200, completion_tokens)
+    body["usage"]["cost"] = usd_of(call.charged)
     return current_app.response_class(orjson.dumps(body), mimetype="application/json", headers=call.headers())
 
 
@@ -61,10 +118,39 @@ class _PastDeadline(Exception):
     pass
 
 
+def _take(generated: dict[int, Generated], upstream: dict, chunk: dict) -> None:
+    """Add a chunk's pieces to what each choice generated: the delivered text and tool calls, the host's ids and
+    ending. A piece that delivers text without ids leaves the choice to be counted by its text."""
+    delivering = set()
+    for out in chunk["choices"]:
+        choice = generated.setdefault(out["index"], Generated())
+        if "text" in out:
+            choice.content.append(out["text"])
+            if out["text"]:
+                delivering.add(out["index"])
+            continue
+        delta = out["delta"]
+        choice.content.append(delta.get("content") or "")
+        for call in delta.get("tool_calls", []):
+            name_and_arguments = choice.calls.setdefault(call["index"], ["", ""])
+            name_and_arguments[0] += call["function"].get("name", "")
+            name_and_arguments[1] += call["function"].get("arguments", "")
+        if delta.get("content") or delta.get("tool_calls"):
+            delivering.add(out["index"])
+    for source in upstream["choices"]:
+        if isinstance(source, dict):
+            index = source.get("index", 0) if isinstance(source.get("index", 0), int) else 0
+            choice = generated.setdefault(index, Generated())
+            if isinstance(source.get("token_ids"), list) or index in delivering:
+                choice.add_ids(source.get("token_ids"))
+            _finished(choice, source)
+
+
 def stream(call: Call, first: bytes, events, in_flight: InFlight):
     gw, endpoint = call.gw, call.req.endpoint
     build = normalise.chat_chunk if endpoint == "chat" else normalise.completion_chunk
     delivered: dict[int, list[str]] = {}
+    generated: dict[int, Generated] = {}
     ended_on_eos: set[int] = set()
     status, http_status = "client_closed", 499
 
@@ -94,11 +180,14 @@ def stream(call: Call, first: bytes, events, in_flight: InFlight):
                         call.entry.ended_on_eos(index)
                 chunk, texts = build(upstream, response_id=call.response_id, created=call.created,
                                      model=call.offer.hf_id)
+                normalise.legacy_functions(chunk, call.req.functions)
                 # Into the journal first: if this process dies while it sends, what the client got is billed (a
                 # piece it never got, at most, too). Counted here once the client took it.
                 for index, text in texts:
                     call.entry.delivered(index, text)
-                yield _sse(chunk)
+                if normalise.visible(chunk):
+                    yield _sse(chunk)
+                _take(generated, upstream, chunk)
                 for index, text in texts:
                     delivered.setdefault(index, []).append(text)
             if time.monotonic() > call.deadline:
@@ -107,13 +196,13 @@ def stream(call: Call, first: bytes, events, in_flight: InFlight):
                 data = next(events)
             except StopIteration:
                 break
-        completion_tokens = tokens_delivered()
+        completion_tokens = sum(choice.tokens(call) for choice in generated.values())
         status, http_status = "ok", 200
         call.finish("ok", 200, completion_tokens)  # durable (or spooled) before the client sees the end
         if call.req.include_usage:
+            counted = normalise.usage(call.prompt_tokens, completion_tokens) | {"cost": usd_of(call.charged)}
             yield _sse(normalise.usage_chunk(endpoint, response_id=call.response_id, created=call.created,
-                                             model=call.offer.hf_id,
-                                             counted=normalise.usage(call.prompt_tokens, completion_tokens)))
+                                             model=call.offer.hf_id, counted=counted))
         yield b"data: [DONE]\n\n"
     except UpstreamError as error:
         status, http_status = "host_failed", error.status

@@ -12,6 +12,7 @@ serving, and while PostgreSQL is away the last table read stays in use.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import threading
@@ -54,7 +55,7 @@ MAX_CONTEXT = 2**31 - 1
 
 MODELS_SQL = text("""
     SELECT id, hf_id, context_length, input_price, output_price, reference_input_price, reference_output_price,
-           enabled, created_at FROM models
+           enabled, created_at, tool_call_parser FROM models
 """)
 
 
@@ -82,6 +83,7 @@ class Offer:
     reference_output_price: int
     enabled: bool
     created: int
+    tools: bool = False  # its hosts call tools (the catalog names its tool-call parser)
 
 
 class RoutingUnavailable(Exception):
@@ -127,7 +129,7 @@ class RoutingTable:
         with self._engine.connect() as conn:
             models = {row.hf_id: Offer(row.id, row.hf_id, row.context_length, row.input_price, row.output_price,
                                        row.reference_input_price, row.reference_output_price, row.enabled,
-                                       int(row.created_at.timestamp()))
+                                       int(row.created_at.timestamp()), row.tool_call_parser is not None)
                       for row in conn.execute(MODELS_SQL)}
             rows = conn.execute(ROUTES_SQL).all()
         routes: dict[int, list[Route]] = {}
@@ -156,12 +158,19 @@ class RoutingTable:
         return sorted((m for m in self._models.values() if m.enabled and self._routes.get(m.id)),
                       key=lambda m: m.id)
 
-    def candidates(self, model: Offer, tokens: int = 0) -> list[Route]:
-        """Hosts to try, best first, among those whose context holds ``tokens`` (prompt and completion)."""
+    def candidates(self, model: Offer, tokens: int = 0, sticky: str | None = None) -> list[Route]:
+        """Hosts to try, best first, among those whose context holds ``tokens`` (prompt and completion).
+
+        With a ``sticky`` key (a client's ``prompt_cache_key`` or user id), the same key ranks the hosts the same
+        way every time (rendezvous hashing): its requests go to one host while that host serves, so the host's
+        prefix cache is reused, and only the keys of a host that leaves move."""
         self._refresh()
         routes = [route for route in self._routes.get(model.id, []) if route.fits(tokens)]
         if len(routes) < 2:
             return list(routes)
+        if sticky is not None:
+            return sorted(routes, key=lambda r: hashlib.blake2b(f"{r.host_id}:{sticky}".encode(),
+                                                                digest_size=8).digest(), reverse=True)
         if self._strategy == "least_outstanding":
             loads = quietly(lambda: self._cache.mget([f"inflight:{r.host_id}" for r in routes]), None,
                             "least-outstanding routing")

@@ -7,7 +7,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..accounts import api_keys
 from ..echo import shown
 from ..extensions import db
-from ..money.units import format_usd
+from ..money.units import format_usd, usd_of
+from . import admission
 from . import openapi as openapi_document
 from .errors import ApiError, openai_error
 from .gateway import DatabaseUnavailable, complete, gateway, unavailable
@@ -67,7 +68,7 @@ def _model_object(offer) -> dict:
     prices = {"input": offer.input_price, "output": offer.output_price,
               "reference_input": offer.reference_input_price, "reference_output": offer.reference_output_price}
     return {"id": offer.hf_id, "object": "model", "created": offer.created, "owned_by": OWNED_BY,
-            "context_length": offer.context_length,
+            "context_length": offer.context_length, "supported_parameters": admission.supported_parameters(offer.tools),
             "pricing": {"currency": "USD"} | {f"{name}_per_million_tokens": format_usd(micro)[1:]
                                               for name, micro in prices.items()}}
 
@@ -100,6 +101,37 @@ def get_model(model_id: str):
             return _model_object(offer)
     raise ApiError(404, f"The model '{shown(model_id)}' does not exist or you do not have access to it.",
                    code="model_not_found", param="model")
+
+
+GENERATION_SQL = """
+    SELECT u.request_id, u.endpoint, u.stream, u.status, u.http_status, u.prompt_tokens, u.completion_tokens,
+           u.host_prompt_tokens, u.host_completion_tokens, u.cost, u.latency_ms, u.ttft_ms, u.created_at,
+           m.hf_id, h.peer_id, h.timezone
+    FROM usage_records u JOIN models m ON m.id = u.model_id LEFT JOIN hosts h ON h.id = u.host_id
+    WHERE u.request_id = %(request_id)s AND u.user_id = %(user_id)s
+"""
+RESPONSE_ID_PREFIXES = ("chatcmpl-", "cmpl-", "resp_", "embd-")
+
+
+@bp.get("/generations/<generation_id>")
+def generation(generation_id: str):
+    """One request's record, by its response id, for the owner of the key that made it: tokens by the router's
+    count and the host's claim, cost, status, timings and the host that served it."""
+    request_id = next((generation_id.removeprefix(p) for p in RESPONSE_ID_PREFIXES if generation_id.startswith(p)),
+                      generation_id)
+    row = gateway().sql(GENERATION_SQL, {"request_id": request_id[:64], "user_id": g.api_key.user_id})
+    if row is None:
+        raise ApiError(404, f"No generation '{shown(generation_id, 80)}' was made with this account's keys (a "
+                            "request is listed once it is settled).", param="id", code="generation_not_found")
+    (request_id, endpoint, stream, status, http_status, prompt, completion, host_prompt, host_completion, cost,
+     latency, ttft, created, model, peer_id, timezone) = row
+    return {"id": generation_id, "object": "generation", "created": int(created.timestamp()), "model": model,
+            "endpoint": endpoint, "stream": stream, "status": status, "http_status": http_status,
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                      "cost": usd_of(cost)},
+            "host_usage": {"prompt_tokens": host_prompt, "completion_tokens": host_completion},
+            "latency_ms": latency, "time_to_first_token_ms": ttft,
+            "host": {"peer_id": peer_id, "region": timezone} if peer_id or timezone else None}
 
 
 @bp.post("/chat/completions")

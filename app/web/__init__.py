@@ -12,7 +12,7 @@ from .. import accounts
 from ..extensions import db, login_manager
 from ..models import User
 from ..money.units import format_usd
-from ..proxy.errors import openai_error
+from ..proxy.errors import openai_error, route_error
 
 # Everything from this site, nothing inline: no script or style in the page itself, no frames, no plugins.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -125,7 +125,8 @@ def _error_page(code: int, title: str, message: str):
         said = getattr(error, "description", None)
         text = said if isinstance(said, str) and said and not said.startswith(DEFAULT_DESCRIPTIONS) else message
         if request.path.startswith("/v1/"):
-            return openai_error(code, text, headers=headers)
+            return route_error(code, request.method, request.path, headers) or openai_error(code, text,
+                                                                                             headers=headers)
         if request.path.startswith("/api/"):
             return {"error": text}, code, headers
         return render_template("error.html", code=code, title=title, message=text), code, headers

@@ -48,6 +48,8 @@ def models():
 def _form_values(form: CatalogModelForm) -> dict:
     values = {field: getattr(form, field).data for field in ("hf_id", *catalog.EDITABLE_FIELDS)}
     values["attribution"] = values["attribution"] or ""
+    for field in ("tool_call_parser", "reasoning_parser"):
+        values[field] = (values[field] or "").strip() or None
     for field in form.PRICE_FIELDS:
         values[field] = units.usd(values[field])
     return values

@@ -12,7 +12,7 @@ from wtforms import (
     TextAreaField,
     URLField,
 )
-from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange, Optional
+from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange, Optional, Regexp
 
 from ..accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
 
@@ -87,6 +87,8 @@ class InviteForm(Form):
 
 
 PRICE = [DataRequired(), Length(max=20)]
+PARSER_NAME = r"^[a-z0-9_]{1,40}$"
+PARSER_MESSAGE = "A parser's name is 1 to 40 lower-case letters, digits or '_', as vLLM spells it."
 
 
 class CatalogModelForm(Form):
@@ -107,6 +109,10 @@ class CatalogModelForm(Form):
     input_price = StringField("Current input price", validators=PRICE)
     output_price = StringField("Current output price", validators=PRICE)
     enabled = BooleanField("Enabled (clients may call it, hosts may serve it)")
+    tool_call_parser = StringField("Tool-call parser (vLLM's name, e.g. hermes; empty: no tools)",
+                                   validators=[Optional(), Regexp(PARSER_NAME, message=PARSER_MESSAGE)])
+    reasoning_parser = StringField("Reasoning parser (vLLM's name; empty: none)",
+                                   validators=[Optional(), Regexp(PARSER_NAME, message=PARSER_MESSAGE)])
 
     PRICE_FIELDS = ("reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
                     "ceiling_input_price", "ceiling_output_price", "input_price", "output_price")

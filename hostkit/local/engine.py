@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from hostkit.local.groups import die_with_parent, end_group, process_group_alive, record_group
-from hostkit.local.models import MODELS, SERVED_NAMES, is_complete
+from hostkit.local.models import MODELS, SERVED_NAMES, TOOL_CALL_PARSERS, is_complete
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-engine"
@@ -67,6 +67,28 @@ def engine_python(venv: str | os.PathLike | None = None) -> Path:
 def venv_stamp() -> str:
     """What scripts/make-engine-venv.sh writes to the stamp: a hash of the requirements and of itself."""
     return hashlib.sha256(REQUIREMENTS.read_bytes() + MAKE_VENV_SCRIPT.read_bytes()).hexdigest()
+
+
+def parser_args(tool_call_parser: str | None, reasoning_parser: str | None) -> list[str]:
+    """vLLM's flags for a model's parsers: tool calling on (``tool_choice`` auto, required or a named function)
+    where the model has a tool-call parser, its reasoning split out where it has a reasoning parser."""
+    args = []
+    if tool_call_parser:
+        # Arguments follow each tool's JSON Schema, as if every tool were ``strict``: what an agent sends on to its
+        # function parses, whatever the model.
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser,
+                 "--tool-strict-level", "parameter"]
+    if reasoning_parser:
+        args += ["--reasoning-parser", reasoning_parser]
+    return args
+
+
+def parser_settings(settings) -> dict:
+    """A model's parser names as the router sends them (``{"tool_call_parser": ..., "reasoning_parser": ...}``),
+    as keyword arguments for ``Engine``: anything else is dropped."""
+    settings = settings if isinstance(settings, dict) else {}
+    return {name: settings.get(name) if isinstance(settings.get(name), str) else None
+            for name in ("tool_call_parser", "reasoning_parser")}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -145,6 +167,7 @@ class Engine:
     def __init__(self, python: str | os.PathLike, model_dir: str | os.PathLike, served_name: str, *,
                  data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int | None = None,
                  kv_cache_bytes: int = KV_CACHE_BYTES, max_model_len: int | None = MAX_MODEL_LEN,
+                 tool_call_parser: str | None = None, reasoning_parser: str | None = None,
                  extra_args: tuple[str, ...] = (), ready_timeout: float = 300, drain_seconds: int = 5,
                  stop_grace: float = 20, die_with_parent: bool = False, pid_file: str | os.PathLike | None = None):
         self.python = Path(python)
@@ -155,6 +178,7 @@ class Engine:
         self.port = port or free_port(host)
         self.kv_cache_bytes = kv_cache_bytes
         self.max_model_len = max_model_len
+        self.tool_call_parser, self.reasoning_parser = tool_call_parser, reasoning_parser
         self.extra_args = tuple(extra_args)
         self.ready_timeout = ready_timeout
         # On SIGTERM vLLM lets requests in flight finish for this long; the SIGKILL comes after stop_grace.
@@ -198,7 +222,7 @@ class Engine:
         ]
         if self.max_model_len:
             args += ["--max-model-len", str(self.max_model_len)]
-        return args + list(self.extra_args)
+        return args + parser_args(self.tool_call_parser, self.reasoning_parser) + list(self.extra_args)
 
     def start(self) -> Engine:
         if self.process is not None:
@@ -291,7 +315,8 @@ def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", p
     python = engine_python(venv)
     data = Path(data_dir).resolve()
     model_dir = ensure_model(model, data / "models", python=python, data_dir=data)
-    sizing = {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": KV_CACHE_SIZES[model]} | engine_args
+    sizing = {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": KV_CACHE_SIZES[model],
+              "tool_call_parser": TOOL_CALL_PARSERS[model]} | engine_args
     return Engine(python, model_dir, served_name or SERVED_NAMES[model], data_dir=data,
                   host=host, port=port, **sizing).start()
 

