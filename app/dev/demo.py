@@ -150,6 +150,9 @@ def approve_demo_host(host: Host, model_id: str, model_dir: Path, tokenizers_dir
     hosts.set_model(owner, host, model_id, True)
     hosts.set_enabled(owner, host, True)
     hosts.set_available(host, True)
+    # Its engine starts afresh: no requests until it passes a health check (not on an earlier run's word).
+    host.healthy, host.consecutive_successes = False, 0
+    db.session.commit()
     link = tokenizers_dir / model_id
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():

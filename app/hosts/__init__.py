@@ -159,6 +159,10 @@ def _url_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
+# What an agent reports of an engine that cannot take requests (hostkit's Agent.state).
+ENGINE_DOWN = ("waiting", "starting", "failed", "stopped")
+
+
 def record_heartbeat(host: Host, report: dict) -> Host:
     """Keep the host's report (its shape checked by the host API's schema). A host may say it serves only
     models it offers here: anything else would show on its owner's page as if it were true."""
@@ -171,6 +175,9 @@ def record_heartbeat(host: Host, report: dict) -> Host:
                             "offers a catalog model)", status=409)
     host.heartbeat = report
     host.last_heartbeat_at = utcnow()
+    if report.get("engine") in ENGINE_DOWN and host.healthy:
+        # Its engine is (re)starting, failed or stopped: no requests until a health check passes again.
+        host.healthy, host.consecutive_successes = False, 0
     db.session.commit()
     if report.get("engine") == "running" and not host.healthy and host.status == "approved":
         import jobs

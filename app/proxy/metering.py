@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -215,11 +216,15 @@ def _special(config: dict, name: str) -> str:
 
 
 class Meter:
-    """Tokenizers by model id, loaded once per process."""
+    """Tokenizers by model id, loaded once per process, and again when a model's files are replaced (looked at
+    every ``RECHECK_SECONDS``)."""
+
+    RECHECK_SECONDS = 5.0
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self._models: dict[str, ModelTokenizer] = {}
+        self._checked: dict[str, tuple[float, tuple | None]] = {}  # model id -> (when, the files' identity)
         self._lock = threading.Lock()
         # The same environment Hugging Face chat templates are written for.
         self._jinja = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
@@ -232,14 +237,31 @@ class Meter:
         """Load tokenizers afresh on next use (after a model's files were installed or replaced)."""
         with self._lock:
             self._models.clear()
+            self._checked.clear()
 
     def for_model(self, model_id: str) -> ModelTokenizer:
         found = self._models.get(model_id)
+        checked_at, identity = self._checked.get(model_id, (0.0, None))
+        if found is not None and time.monotonic() - checked_at > self.RECHECK_SECONDS:
+            now_identity = self._identity(model_id)
+            self._checked[model_id] = (time.monotonic(), now_identity)
+            if now_identity != identity:
+                found = None
         if found is None:
             with self._lock:
-                found = self._models.get(model_id) or self._load(model_id)
+                identity = self._identity(model_id)
+                found = self._load(model_id)
                 self._models[model_id] = found
+                self._checked[model_id] = (time.monotonic(), identity)
         return found
+
+    def _identity(self, model_id: str) -> tuple | None:
+        """Which files a model's tokenizer is read from: a rebuilt or re-linked folder reads as another."""
+        try:
+            stats = [(self.directory / model_id / name).stat() for name in ("tokenizer.json", "tokenizer_config.json")]
+        except OSError:
+            return None
+        return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
 
     def _load(self, model_id: str) -> ModelTokenizer:
         folder = self.directory / model_id

@@ -127,6 +127,23 @@ def test_it_records_heartbeats_for_a_known_token_only(client, auth, people):
         "error": "There is nothing here. It may have been removed, or the link is wrong."}
 
 
+@pytest.mark.parametrize("state", ["starting", "failed", "stopped", "waiting"])
+def test_a_heartbeat_of_an_engine_that_is_not_running_stops_routing_until_a_health_check_passes(client, auth, people,
+                                                                                                state):
+    token = register(client, enrollment_key(client, auth, people.bob)).get_json()["token"]
+    seed_catalog()
+    host = db.session.scalar(select(Host))
+    host_service.set_model(people.bob, host, "gpushare/tiny-chat", True)
+    host.healthy, host.consecutive_successes = True, 5
+    db.session.commit()
+    beat = {"engine": state, "models": []}
+    answer = client.post("/api/hosts/heartbeat", json=beat, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 200
+    db.session.expire_all()
+    assert (host.healthy, host.consecutive_successes) == (False, 0)
+    assert host_service.serving(host).code in ("unhealthy", "pending")
+
+
 def test_it_shows_the_enrollment_key_once(client, auth, people):
     auth.login(people.bob)
     page = client.post("/host/enrollment-keys", data={"csrf_token": auth.token("/host")}).get_data(as_text=True)
