@@ -105,6 +105,12 @@ class CompletionRequest:
     tools: list[dict] | None = None  # rebuilt (chat)
     sticky: str | None = None  # the key that keeps a client's requests on one host
     functions: bool = False  # the deprecated ``functions``: tool calls are answered as ``function_call``
+    responses: dict | None = None  # a Responses API request (``responses.to_chat`` made this one of it)
+
+    @property
+    def surface(self) -> str:
+        """The API the client called: ``chat``, ``completions`` or ``responses``."""
+        return "responses" if self.responses is not None else self.endpoint
 
     def forward(self) -> dict:
         """The body the engine is sent, before the router's own settings (model, tokens, usage)."""

@@ -43,7 +43,7 @@ from ..echo import shown
 from ..extensions import db
 from ..money.units import cost_of
 from ..shared import quietly
-from . import admission, relay
+from . import admission, relay, responses
 from .errors import ApiError
 from .journal import Entry, Journal
 from .metering import Meter
@@ -169,7 +169,7 @@ class Call:
 
     @property
     def response_id(self) -> str:
-        return ("chatcmpl-" if self.req.endpoint == "chat" else "cmpl-") + self.request_id
+        return {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}[self.req.surface] + self.request_id
 
     @property
     def deadline(self) -> float:
@@ -182,7 +182,7 @@ class Call:
     @cached_property
     def record(self) -> dict:
         """What the journal keeps of the request, and what its settlement is made from."""
-        return {"request_id": self.request_id, "endpoint": self.req.endpoint, "stream": self.req.stream,
+        return {"request_id": self.request_id, "endpoint": self.req.surface, "stream": self.req.stream,
                 "prompt_tokens": self.prompt_tokens, "user_id": self.key.user_id, "key_id": self.key.id,
                 "model_id": self.offer.id, "model_hf_id": self.offer.hf_id, "input_price": self.offer.input_price,
                 "output_price": self.offer.output_price, "fee_bps": self.gw.fee_bps, "started_at": time.time(),
@@ -283,8 +283,12 @@ def admit(endpoint: str) -> Call:
     """Everything before a host is chosen; raises ApiError with the status a client should see."""
     gw = gateway()
     key: KeyInfo = g.api_key
-    req = admission.parse(request.get_data(cache=False), endpoint, max_messages=gw.max_messages,
-                          max_choices=gw.max_choices)
+    raw, responses_body = request.get_data(cache=False), None
+    if endpoint == "responses":  # the Responses API rides the chat path (``responses``)
+        responses_body = admission.parse_json(raw)
+        raw, endpoint = orjson.dumps(responses.to_chat(responses_body)), "chat"
+    req = admission.parse(raw, endpoint, max_messages=gw.max_messages, max_choices=gw.max_choices)
+    req.responses = responses_body
     offer = gw.routing.model(req.model)
     if offer is None:
         raise ApiError(404, f"The model '{shown(req.model)}' does not exist or you do not have access to "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import current_app
 
-from . import admission
+from . import admission, responses
 
 ERROR_STATUSES = {
     "400": "The request is malformed or refused (its `param` names the field at fault).",
@@ -140,6 +140,25 @@ MODEL = {
     },
 }
 NULLABLE_INTEGER = {"type": ["integer", "null"]}
+RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+    "properties": {
+        "id": {"type": "string"}, "object": {"const": "response"}, "created_at": INTEGER,
+        "status": {"enum": ["completed", "incomplete", "in_progress"]}, "model": {"type": "string"},
+        "output": {"type": "array", "items": {"type": "object", "required": ["type"],
+                                              "properties": {"type": {"enum": ["message", "function_call"]}}}},
+        "usage": {"type": "object", "properties": {"input_tokens": INTEGER, "output_tokens": INTEGER,
+                                                   "total_tokens": INTEGER, "cost": {"type": "number"}}},
+    },
+}
+RESPONSE_REQUEST = {
+    "type": "object", "required": ["model", "input"], "additionalProperties": False,
+    "properties": {name: {} for name in sorted(responses.PARAMETERS)} | {
+        "model": {"type": "string", "minLength": 1, "maxLength": admission.MAX_MODEL_NAME},
+        "input": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]},
+        "stream": BOOLEAN, "max_output_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 10_000_000}},
+}
 GENERATION = {
     "type": "object",
     "required": ["id", "object", "created", "model", "endpoint", "status", "usage", "host_usage", "latency_ms"],
@@ -202,6 +221,8 @@ def document() -> dict:
                 "responses": {"200": {"description": "The record.", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Generation"}}}},
                     **_errors("401", "404", "405", "503")}}},
+            "/responses": _completion("A response (OpenAI's Responses API: text and function tools)",
+                                      "ResponseRequest", "Response"),
             "/chat/completions": _completion("A chat completion", "ChatCompletionRequest", "ChatCompletion"),
             "/completions": _completion("A text completion", "CompletionRequest", "Completion"),
         },
@@ -209,7 +230,7 @@ def document() -> dict:
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "Error": ERROR, "Model": MODEL, "Generation": GENERATION, "ChatCompletion": CHAT_COMPLETION,
-                "Completion": COMPLETION,
+                "Completion": COMPLETION, "Response": RESPONSE, "ResponseRequest": RESPONSE_REQUEST,
                 "ChatCompletionRequest": _request(admission.CHAT_PARAMETERS, ["model", "messages"]),
                 "CompletionRequest": _request(admission.COMPLETION_PARAMETERS, ["model", "prompt"]),
             },

@@ -20,7 +20,7 @@ import orjson
 from flask import current_app
 
 from ..money.units import usd_of
-from . import normalise
+from . import normalise, responses
 from .routing import InFlight
 from .upstream import UpstreamError
 
@@ -103,6 +103,8 @@ def whole(call: Call, data: dict):
     body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
     call.finish("ok", 200, completion_tokens)
     body["usage"]["cost"] = usd_of(call.charged)
+    if call.req.responses is not None:
+        body = _presenter(call).whole(body)
     return current_app.response_class(orjson.dumps(body), mimetype="application/json", headers=call.headers())
 
 
@@ -110,7 +112,9 @@ def _sse(payload: dict) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def _error_event(message: str, code: str, kind: str = "server_error") -> bytes:
+def _error_event(message: str, code: str, kind: str = "server_error", presenter=None) -> bytes:
+    if presenter is not None:  # the Responses API's own error event
+        return presenter.error(message, code)
     return _sse({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
@@ -146,9 +150,14 @@ def _take(generated: dict[int, Generated], upstream: dict, chunk: dict) -> None:
             _finished(choice, source)
 
 
+def _presenter(call: Call) -> responses.Presenter:
+    return responses.Presenter(call.req.responses, call.response_id, call.created, call.offer.hf_id)
+
+
 def stream(call: Call, first: bytes, events, in_flight: InFlight):
     gw, endpoint = call.gw, call.req.endpoint
     build = normalise.chat_chunk if endpoint == "chat" else normalise.completion_chunk
+    presenter = _presenter(call) if call.req.responses is not None else None
     delivered: dict[int, list[str]] = {}
     generated: dict[int, Generated] = {}
     ended_on_eos: set[int] = set()
@@ -158,6 +167,8 @@ def stream(call: Call, first: bytes, events, in_flight: InFlight):
         return count(call, ["".join(parts) for parts in delivered.values()]) + len(ended_on_eos)
 
     try:
+        if presenter is not None:
+            yield b"".join(presenter.start())
         data = first
         while True:
             try:
@@ -185,7 +196,9 @@ def stream(call: Call, first: bytes, events, in_flight: InFlight):
                 # piece it never got, at most, too). Counted here once the client took it.
                 for index, text in texts:
                     call.entry.delivered(index, text)
-                if normalise.visible(chunk):
+                if presenter is not None:
+                    yield b"".join(presenter.chunk(chunk))
+                elif normalise.visible(chunk):
                     yield _sse(chunk)
                 _take(generated, upstream, chunk)
                 for index, text in texts:
@@ -199,6 +212,10 @@ def stream(call: Call, first: bytes, events, in_flight: InFlight):
         completion_tokens = sum(choice.tokens(call) for choice in generated.values())
         status, http_status = "ok", 200
         call.finish("ok", 200, completion_tokens)  # durable (or spooled) before the client sees the end
+        if presenter is not None:
+            counted = normalise.usage(call.prompt_tokens, completion_tokens) | {"cost": usd_of(call.charged)}
+            yield b"".join(presenter.end(counted))
+            return
         if call.req.include_usage:
             counted = normalise.usage(call.prompt_tokens, completion_tokens) | {"cost": usd_of(call.charged)}
             yield _sse(normalise.usage_chunk(endpoint, response_id=call.response_id, created=call.created,
@@ -208,17 +225,18 @@ def stream(call: Call, first: bytes, events, in_flight: InFlight):
         status, http_status = "host_failed", error.status
         log.warning("host %s broke stream %s: %s", call.route.host_id, call.request_id, error)
         call.finish(status, http_status, tokens_delivered())
-        yield _error_event("The host serving this request failed mid-stream.", "host_failed")
+        yield _error_event("The host serving this request failed mid-stream.", "host_failed", presenter=presenter)
     except _PastDeadline:
         status, http_status = "timed_out", 504
         call.finish(status, http_status, tokens_delivered())
-        yield _error_event(f"The request ran longer than the {gw.request_timeout}s allowed.", "timeout")
+        yield _error_event(f"The request ran longer than the {gw.request_timeout}s allowed.", "timeout",
+                           presenter=presenter)
     except Exception:  # anything else: the client still gets an error event, never a cut connection
         status, http_status = "failed", 500
         log.exception("stream %s failed", call.request_id)
         call.finish(status, http_status, tokens_delivered())
         yield _error_event("The stream failed on our side. What was delivered is charged; try again.",
-                           "internal_error")
+                           "internal_error", presenter=presenter)
     finally:
         events.close()  # a client that went away frees the host at once
         in_flight.release()

@@ -142,3 +142,9 @@ def chat_completions():
 @bp.post("/completions")
 def completions():
     return complete("completions")
+
+
+@bp.post("/responses")
+def create_response():
+    """OpenAI's Responses API, for text and function tools, on the chat path (``responses``)."""
+    return complete("responses")

@@ -6,7 +6,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.proxy import admission
+from app.proxy import admission, responses
 from app.proxy.errors import ApiError
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
@@ -36,3 +36,22 @@ def test_admission_accepts_or_refuses_any_json_body(body, extra, endpoint):
         return
     orjson.dumps(req.forward())
     assert req.model == "m"
+
+
+ITEM = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "x"]),
+    "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]), "content": JSON,
+    "call_id": JSON, "name": JSON, "arguments": JSON, "output": JSON})
+RESPONSE_BODY = st.fixed_dictionaries({"model": st.just("m")}, optional={
+    "input": st.lists(ITEM, max_size=4) | JSON, "tools": JSON, "tool_choice": JSON, "text": JSON,
+    "instructions": JSON, "reasoning": JSON, "max_output_tokens": JSON})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=RESPONSE_BODY, extra=st.dictionaries(st.sampled_from(sorted(responses.PARAMETERS)), JSON, max_size=3))
+def test_a_responses_request_of_any_shape_becomes_a_chat_request_or_a_400(body, extra):
+    try:
+        chat = responses.to_chat({**extra, **body})
+        admission.parse(orjson.dumps(chat), "chat", max_messages=16, max_choices=4)
+    except ApiError as refused:
+        assert refused.status == 400 and refused.message

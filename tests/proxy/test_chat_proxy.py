@@ -369,20 +369,3 @@ def test_it_limits_requests_per_minute_with_retry_after(client, people):
     assert int(answers[2].headers["Retry-After"]) >= 1
     assert answers[2].get_json()["error"]["code"] == "rate_limit_exceeded"
 
-
-def test_the_readme_parameter_table_is_the_routers():
-    """Every parameter the README lists is treated as it says, on the endpoints it names, and none is missing."""
-    from app import ROOT
-    from app.proxy import admission
-
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("**Parameters.**", 1)[1].split("\n\n")[1]  # the paragraph, then the table
-    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
-    listed = {}
-    for name, endpoints, what in rows:
-        how = what.strip().split("**")[1]
-        for endpoint in endpoints.split(","):
-            listed[(name.strip().strip("`"), endpoint.strip())] = how
-    actual = {(name, "chat"): how for name, (how, _) in admission.CHAT_PARAMETERS_TABLE.items()}
-    actual |= {(name, "completions"): how for name, (how, _) in admission.COMPLETION_PARAMETERS_TABLE.items()}
-    assert listed == actual

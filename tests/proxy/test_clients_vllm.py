@@ -88,7 +88,11 @@ def test_the_node_sdk_runs_an_agent(served, node_openai):
         "not_found": (404, "model_not_found"), "bad_key": (401, "invalid_api_key"),
         "image": (400, "unsupported_modality"), "too_long": (400, "context_length_exceeded"),
         "unknown": (400, "unknown_parameter"), "endpoint": (404, "unsupported_endpoint")}
-    assert len(records()) == 12  # the answered requests: no error was billed
+    assert errors("Response", out["response"]) == [] and out["response_text"]
+    assert [item["type"] for item in out["response_tool"]["output"]] == ["function_call"]
+    assert [e for event in out["response_events"] for e in errors("ResponseStreamEvent", event)] == []
+    assert out["response_events"][-1]["response"]["usage"]["cost"] > 0
+    assert len(records()) == 15  # the answered requests: no error was billed
     counts_agree()
 
 
@@ -121,6 +125,11 @@ def test_langchain_chat_openai_runs_an_agent(served):
                "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}}}
     structured = ChatOpenAI(model=MODEL, base_url=base, api_key=key, max_retries=0, max_tokens=200, seed=4)
     assert structured.with_structured_output(verdict, method="json_schema").invoke(ASK)["answer"] in ("yes", "no")
+    responses = ChatOpenAI(model=MODEL, base_url=base, api_key=key, max_retries=0, max_tokens=300,
+                           use_responses_api=True)
+    assert responses.invoke(ASK).text
+    [via_responses] = responses.bind_tools([WEATHER], tool_choice="get_weather").invoke(asked).tool_calls
+    assert via_responses["name"] == "get_weather" and via_responses["args"]["city"] in ("Paris", "Rome")
     with pytest.raises(openai.NotFoundError):
         ChatOpenAI(model="no/such-model", base_url=base, api_key=key, max_retries=0).invoke(ASK)
     with pytest.raises(openai.AuthenticationError):
@@ -164,6 +173,8 @@ def test_litellm_runs_an_agent(served, litellm):
                                               seed=2, stream=True, **common) if c.choices]
     deltas = [t for c in streamed for t in c.choices[0].delta.tool_calls or []]
     assert deltas and json.loads("".join(t.function.arguments or "" for t in deltas))["city"]
+    response = litellm.responses(input=ASK, max_output_tokens=5, **common)
+    assert response.output and response.usage.output_tokens > 0
     with pytest.raises(litellm.NotFoundError):
         litellm.completion(messages=asked, **{**common, "model": "openai/no/such-model"})
     with pytest.raises(litellm.BadRequestError):

@@ -53,3 +53,20 @@ def test_the_sdk_sees_an_unsupported_endpoint_as_not_found(sdk, people):
     with pytest.raises(openai.NotFoundError) as refused:
         sdk(key).images.generate(prompt="a cat")
     assert refused.value.code == "unsupported_endpoint"
+
+
+def test_a_response_stream_cut_by_its_host_ends_with_an_error_event(client, people):
+    import json
+
+    give_credits(people.alice, "5")
+    _, key = make_key(people.alice)
+    with FakeHost("die_midstream") as host:
+        make_host(people.bob, [MODEL], api_base=host.api_base)
+        answer = client.post("/v1/responses", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": MODEL, "input": "hello", "stream": True, "max_output_tokens": 20})
+        body = answer.get_data(as_text=True)
+    events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "error"
+    assert events[-1]["code"] == "host_failed" and [e["sequence_number"] for e in events] == list(range(len(events)))
+    for event in events:
+        assert errors("ResponseStreamEvent", event) == [], event["type"]

@@ -56,6 +56,13 @@ out.structured = await client.chat.completions.create({ model, messages: ask, ma
     type: "object", properties: { answer: { type: "string", enum: ["yes", "no"] } }, required: ["answer"],
     additionalProperties: false } } } });
 
+out.response = await client.responses.create({ model, input: "What is the weather in Paris?", max_output_tokens: 5 });
+out.response_text = out.response.output_text;
+out.response_tool = await client.responses.create({ model, input: "Weather?", max_output_tokens: 300,
+  tools: [{ type: "function", ...weather.function }], tool_choice: { type: "function", name: "get_weather" } });
+out.response_events = await chunks(await client.responses.create({
+  model, input: "Hi", max_output_tokens: 5, stream: true }));
+
 out.errors = {
   not_found: await error(client.chat.completions.create({ model: "no/such-model", messages: ask })),
   bad_key: await error(new OpenAI({ apiKey: "gpsk_wrong", maxRetries: 0 }).models.list()),
