@@ -170,6 +170,10 @@ class CatalogModel(db.Model):
     input_price: Mapped[int] = mapped_column(BigInteger)
     output_price: Mapped[int] = mapped_column(BigInteger)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    KINDS = ("chat", "embedding")
+
+    # What it serves: chat and text completions, or embeddings (vLLM's pooling runner).
+    kind: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
     # vLLM's names for the parsers that turn this model's text into tool calls and reasoning (None: it has none).
     tool_call_parser: Mapped[str | None] = mapped_column(String(40))
     reasoning_parser: Mapped[str | None] = mapped_column(String(40))
@@ -179,6 +183,7 @@ class CatalogModel(db.Model):
 
     __table_args__ = (
         CheckConstraint("context_length > 0", name="context_length_positive"),
+        CheckConstraint(one_of("kind", KINDS), name="kind_known"),
         CheckConstraint("tool_call_parser ~ '^[a-z0-9_]{1,40}$'", name="tool_call_parser_name"),
         CheckConstraint("reasoning_parser ~ '^[a-z0-9_]{1,40}$'", name="reasoning_parser_name"),
         CheckConstraint("min_vram_mib >= 0", name="min_vram_not_negative"),

@@ -36,11 +36,16 @@ RECORD_SQL = text("""
 """)
 
 
-def probe(api_base: str, model: str) -> str | None:
-    """None when the host answered a one-token completion correctly, else what went wrong."""
-    body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "temperature": 0}
+def probe(api_base: str, model: str, kind: str = "chat") -> str | None:
+    """None when the host answered a one-token completion (an embedding model: one embedding) correctly, else what
+    went wrong."""
+    if kind == "embedding":
+        path, body = "embeddings", {"model": model, "input": "ping"}
+    else:
+        path = "chat/completions"
+        body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "temperature": 0}
     try:
-        response = _pool.request("POST", f"{api_base.rstrip('/')}/v1/chat/completions", body=json.dumps(body),
+        response = _pool.request("POST", f"{api_base.rstrip('/')}/v1/{path}", body=json.dumps(body),
                                  headers={"Content-Type": "application/json"}, timeout=PROBE_TIMEOUT)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         return f"unreachable: {type(exc).__name__}"
@@ -48,22 +53,25 @@ def probe(api_base: str, model: str) -> str | None:
         return f"answered {response.status}"
     try:
         data = json.loads(response.data)
-        data["choices"][0]["message"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return "answered something that is not a chat completion"
+        if kind == "embedding":
+            assert len(data["data"][0]["embedding"]) > 0
+        else:
+            data["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError, AssertionError):
+        return f"answered something that is not {'an embedding' if kind == 'embedding' else 'a chat completion'}"
     return None
 
 
 def check_host(host_id: int) -> bool | None:
     """Probe one host and record the result; returns whether it is healthy now (None: nothing to probe)."""
     row = db.session.execute(
-        select(Host.api_base, CatalogModel.hf_id)
+        select(Host.api_base, CatalogModel.hf_id, CatalogModel.kind)
         .join(HostModel, HostModel.host_id == Host.id).join(CatalogModel, CatalogModel.id == HostModel.model_id)
         .where(Host.id == host_id, Host.status == "approved", HostModel.enabled, CatalogModel.enabled)
         .order_by(CatalogModel.id).limit(1)).first()
     if row is None or not row.api_base:
         return None
-    error = probe(row.api_base, row.hf_id)
+    error = probe(row.api_base, row.hf_id, row.kind)
     config = current_app.config
     healthy = db.session.execute(RECORD_SQL, {
         "ok": error is None, "error": error, "host": host_id,

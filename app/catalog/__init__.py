@@ -20,7 +20,7 @@ EDITABLE_FIELDS = (
     "display_name", "license_name", "license_url", "attribution", "context_length", "min_vram_mib",
     "reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
     "ceiling_input_price", "ceiling_output_price", "input_price", "output_price", "enabled",
-    "tool_call_parser", "reasoning_parser",
+    "kind", "tool_call_parser", "reasoning_parser",
 )
 
 
@@ -29,13 +29,13 @@ class CatalogError(ValueError):
 
 
 def entry(hf_id, display_name, license_name, license_url, attribution, context_length, min_vram_mib,
-          reference, ceiling, floor, price, *, tool_call_parser=None, reasoning_parser=None) -> dict:
+          reference, ceiling, floor, price, *, kind="chat", tool_call_parser=None, reasoning_parser=None) -> dict:
     """A catalog row from prices in dollars per million tokens: (input, output) for each of the reference, the
     ceiling, the floor and the current price. The parsers are vLLM's names (``--tool-call-parser``,
     ``--reasoning-parser``); a model without a tool-call parser is served without tools."""
     return dict(hf_id=hf_id, display_name=display_name, license_name=license_name, license_url=license_url,
                 attribution=attribution, context_length=context_length, min_vram_mib=min_vram_mib,
-                tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser,
+                kind=kind, tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser,
                 reference_input_price=usd(reference[0]), reference_output_price=usd(reference[1]),
                 ceiling_input_price=usd(ceiling[0]), ceiling_output_price=usd(ceiling[1]),
                 floor_input_price=usd(floor[0]), floor_output_price=usd(floor[1]),

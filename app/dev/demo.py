@@ -21,8 +21,9 @@ from app.money import connect, ledger
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_TEST_MODEL = "gpushare/tiny-chat"
+DEMO_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Models no client pays real money for: SmolLM2 runs on a CPU for the demo, tiny-chat is the tests' (its text is
-# noise). Neither is part of the catalog on sale.
+# noise), all-MiniLM-L6-v2 makes the demo's and the tests' embeddings. None is part of the catalog on sale.
 MODELS = [
     catalog.entry(DEMO_MODEL, "SmolLM2 135M Instruct", *catalog.APACHE,
                   "SmolLM2 by Hugging Face. Small enough to serve on a CPU.", 8192, 0,
@@ -32,6 +33,9 @@ MODELS = [
                   "A tiny randomly initialised model built by gpushare's test suite; its output is noise.",
                   2048, 0, catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01"),
                   tool_call_parser="hermes"),
+    catalog.entry(DEMO_EMBEDDING_MODEL, "all-MiniLM-L6-v2 (embeddings)", *catalog.APACHE,
+                  "all-MiniLM-L6-v2 by the Sentence Transformers team.", 256, 0, ("0.02", "0.02"), ("0.01", "0"),
+                  ("0.001", "0"), ("0.005", "0"), kind="embedding"),
 ]
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"

@@ -38,7 +38,8 @@ def openai_error(status: int, message: str, *, code: str | None = None, param: s
 
 
 # What /v1 serves: an unknown path or method under /v1 is told so, in these words.
-SERVED = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "GET /v1/models",
+SERVED = ("POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "POST /v1/embeddings",
+          "GET /v1/models",
           "GET /v1/models/{model}", "GET /v1/generations/{id}")
 
 

@@ -43,18 +43,18 @@ from ..echo import shown
 from ..extensions import db
 from ..money.units import cost_of
 from ..shared import quietly
-from . import admission, relay, responses
+from . import admission, embeddings, relay, responses
 from .errors import ApiError
 from .journal import Entry, Journal
 from .metering import Meter
 from .ratelimit import Decision, RateLimiter
 from .routing import Offer, Route, RoutingTable, RoutingUnavailable
-from .settlement import FINISH_SQL, HOLD_SQL, RELEASE_SQL, settlement
-from .upstream import HostRefused, Upstream, UpstreamError
+from .settlement import FINISH_SQL, HOLD_SQL, RELEASE_SQL, refusal_error, settlement
+from .upstream import HostRefused, Upstream, UpstreamError, host_message
 
 log = logging.getLogger(__name__)
 
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
 NO_HOST_RETRY_AFTER = "10"
 UNAVAILABLE_RETRY_AFTER = "5"
 HOLD_GRACE_SECONDS = 60  # a hold outlives its request's deadline by this much
@@ -161,6 +161,7 @@ class Call:
     granted: int = 0
     held: int = 0
     charged: int = 0
+    fits: int = 0  # the context a host must take: prompt and completion, or the longest input to embed
     route: Route | None = None
     first_token_at: float | None = None
     host_usage: dict | None = None
@@ -169,7 +170,8 @@ class Call:
 
     @property
     def response_id(self) -> str:
-        return {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}[self.req.surface] + self.request_id
+        prefixes = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_", "embeddings": "embd-"}
+        return prefixes[self.req.surface] + self.request_id
 
     @property
     def deadline(self) -> float:
@@ -211,7 +213,7 @@ class Call:
         if refusal:
             self.entry.remove()
             self._refused()
-            raise _refusal(refusal, {**self.headers(), "x-should-retry": "false"})
+            raise refusal_error(refusal, {**self.headers(), "x-should-retry": "false"})
         self.granted, self.held = granted, amount
 
     def _refused(self) -> None:
@@ -223,6 +225,8 @@ class Call:
         return self.prompt_tokens + (self.req.max_tokens or 0) * self.req.n
 
     def upstream_body(self) -> bytes:
+        if self.req.endpoint == "embeddings":
+            return embeddings.forward(self.req.body, self.offer.hf_id)
         body = self.req.forward()
         body["model"] = self.offer.hf_id
         body["max_tokens"] = self.granted
@@ -256,20 +260,6 @@ class Call:
         return self.charged
 
 
-def _refusal(refusal: str, headers: dict) -> ApiError:
-    if refusal == "revoked":
-        return ApiError(401, "Incorrect API key provided. Create or check your keys on the API keys page.",
-                        code="invalid_api_key", headers=headers)
-    if refusal == "spend_limit":
-        return ApiError(402, "This API key has reached its spend limit. Raise it or use another key.",
-                        code="spend_limit_reached", headers=headers)
-    if refusal == "receivable":
-        return ApiError(402, "This account owes money after a refund or dispute. Settle it on the billing page to "
-                             "send requests again.", code="payment_owed", headers=headers)
-    return ApiError(402, "Your credit balance is too low for this request. Add credits on the billing page.",
-                    code="insufficient_credits", headers=headers)
-
-
 def _check_context(limit: int, prompt_tokens: int, req: admission.CompletionRequest, what: str) -> None:
     wanted = req.max_tokens or 1
     if prompt_tokens + wanted > limit:
@@ -287,7 +277,10 @@ def admit(endpoint: str) -> Call:
     if endpoint == "responses":  # the Responses API rides the chat path (``responses``)
         responses_body = admission.parse_json(raw)
         raw, endpoint = orjson.dumps(responses.to_chat(responses_body)), "chat"
-    req = admission.parse(raw, endpoint, max_messages=gw.max_messages, max_choices=gw.max_choices)
+    if endpoint == "embeddings":
+        req = embeddings.parse(raw)
+    else:
+        req = admission.parse(raw, endpoint, max_messages=gw.max_messages, max_choices=gw.max_choices)
     req.responses = responses_body
     offer = gw.routing.model(req.model)
     if offer is None:
@@ -300,13 +293,17 @@ def admit(endpoint: str) -> Call:
         raise ApiError(400, f"'{offer.hf_id}' does not call tools: send the request without 'tools', or use a model "
                             "whose /v1/models entry says it supports tools.", param="tools",
                        code="unsupported_parameter")
-    try:
-        prompt_tokens = req.count_prompt(gw.meter.for_model(offer.hf_id))
-    except Exception as error:  # the template's own refusal (raise_exception), or one it could not render
-        reason = f": {shown(str(error), 200)}" if isinstance(error, TemplateError) else "."
-        raise ApiError(400, f"The messages could not be rendered with this model's chat template{reason}",
-                       param="messages", code="invalid_messages") from None
-    _check_context(offer.context_length, prompt_tokens, req, "This model's maximum context length")
+    if (offer.kind == "embedding") != (req.endpoint == "embeddings"):
+        right = "POST /v1/embeddings" if offer.kind == "embedding" else "POST /v1/chat/completions"
+        raise ApiError(400, f"'{offer.hf_id}' is {'an embedding' if offer.kind == 'embedding' else 'a chat'} model: "
+                            f"call {right}.", param="model", code="unsupported_endpoint")
+    if req.endpoint == "embeddings":
+        counts = embeddings.count(gw.meter.for_model(offer.hf_id), req.body, offer.context_length)
+        prompt_tokens, fits = sum(counts), max(counts)
+    else:
+        prompt_tokens = _count_prompt(req, gw.meter.for_model(offer.hf_id))
+        _check_context(offer.context_length, prompt_tokens, req, "This model's maximum context length")
+        fits = prompt_tokens + (req.max_tokens or 1)
     rpm = key.requests_per_minute or gw.default_rpm
     tpm = key.tokens_per_minute or gw.default_tpm
     limits = gw.limiter.admit(key.id, rpm, tpm, prompt_tokens + (req.max_tokens or 0) * req.n)
@@ -315,22 +312,30 @@ def admit(endpoint: str) -> Call:
         raise ApiError(429, f"Rate limit reached for {what} per minute on this API key. Try again in "
                             f"{max(1, round(limits.reset_seconds))}s.", code="rate_limit_exceeded",
                        headers={**limits.headers(), "Retry-After": str(max(1, round(limits.reset_seconds)))})
-    return Call(gw=gw, key=key, req=req, offer=offer, prompt_tokens=prompt_tokens, limits=limits)
+    return Call(gw=gw, key=key, req=req, offer=offer, prompt_tokens=prompt_tokens, limits=limits, fits=fits)
+
+
+def _count_prompt(req: admission.CompletionRequest, tokenizer) -> int:
+    try:
+        return req.count_prompt(tokenizer)
+    except Exception as error:  # the template's own refusal (raise_exception), or one it could not render
+        reason = f": {shown(str(error), 200)}" if isinstance(error, TemplateError) else "."
+        raise ApiError(400, f"The messages could not be rendered with this model's chat template{reason}",
+                       param="messages", code="invalid_messages") from None
 
 
 def complete(endpoint: str):
-    """``POST /v1/chat/completions`` and ``POST /v1/completions``."""
+    """``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` and ``/v1/embeddings``."""
     try:
         call = admit(endpoint)
-        candidates = call.gw.routing.candidates(call.offer, call.prompt_tokens + (call.req.max_tokens or 1),
-                                                sticky=f"{call.key.user_id}:{call.req.sticky}" if call.req.sticky
-                                                else None)
+        sticky = f"{call.key.user_id}:{call.req.sticky}" if call.req.sticky else None
+        candidates = call.gw.routing.candidates(call.offer, call.fits, sticky=sticky)
     except RoutingUnavailable:
         raise unavailable() from None
     if not candidates:
         call.gw.limiter.correct_tokens(call.limits, -call.reserved_tokens)
         longest = call.gw.routing.longest_context(call.offer)
-        if longest is not None:  # hosts serve the model, but none with a context this long
+        if longest is not None and call.req.endpoint != "embeddings":  # hosts serve it, none with a context this long
             _check_context(longest, call.prompt_tokens, call.req,
                            "The longest context a host serving this model takes now")
         quietly(lambda: pricing.record_refusal(call.gw.cache, call.offer.id, call.reserved_tokens,
@@ -369,7 +374,7 @@ def _forward(call: Call, candidates: list[Route]):
                                 mimetype="text/event-stream",
                                 headers={**call.headers(), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             except HostRefused as refused:
-                raise ApiError(400, _host_message(refused.body), code="invalid_request") from None
+                raise ApiError(400, host_message(refused.body), code="invalid_request") from None
             except UpstreamError as error:
                 log.warning("host %s failed request %s: %s", route.host_id, call.request_id, error)
                 last_error = error
@@ -379,14 +384,3 @@ def _forward(call: Call, candidates: list[Route]):
     raise ApiError(status, "The host serving this model failed. Try again." if status == 502 else
                    "The host serving this model timed out. Try again.",
                    code="host_failed" if status == 502 else "host_timeout")
-
-
-def _host_message(body: bytes) -> str:
-    try:
-        message = orjson.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        try:
-            message = orjson.loads(body)["message"]
-        except (ValueError, KeyError, TypeError):
-            message = "The host refused the request."
-    return shown(str(message), 500)

@@ -269,6 +269,10 @@ class Meter:
             log.warning("no tokenizer for %s in %s: counting tokens by estimate", model_id, folder)
             return ModelTokenizer(None, None)
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # A tokenizer.json may carry the padding and truncation its model was trained with; the engine counts a
+        # prompt as it is.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         config_path = folder / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         template = config.get("chat_template")

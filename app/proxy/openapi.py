@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import current_app
 
-from . import admission, responses
+from . import admission, embeddings, responses
 
 ERROR_STATUSES = {
     "400": "The request is malformed or refused (its `param` names the field at fault).",
@@ -152,6 +152,27 @@ RESPONSE = {
                                                    "total_tokens": INTEGER, "cost": {"type": "number"}}},
     },
 }
+EMBEDDING_LIST = {
+    "type": "object", "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"}, "model": {"type": "string"},
+        "data": {"type": "array", "items": {
+            "type": "object", "required": ["object", "index", "embedding"],
+            "properties": {"object": {"const": "embedding"}, "index": INTEGER,
+                           "embedding": {"anyOf": [{"type": "array", "items": {"type": "number"}},
+                                                   {"type": "string"}]}}}},
+        "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"],
+                  "properties": {"prompt_tokens": INTEGER, "total_tokens": INTEGER, "cost": {"type": "number"}}},
+    },
+}
+EMBEDDING_REQUEST = {
+    "type": "object", "required": ["model", "input"], "additionalProperties": False,
+    "properties": {name: {} for name in sorted(embeddings.PARAMETERS_TABLE)} | {
+        "model": {"type": "string", "minLength": 1, "maxLength": admission.MAX_MODEL_NAME},
+        "input": {"anyOf": [{"type": "string", "minLength": 1},
+                            {"type": "array", "minItems": 1, "maxItems": embeddings.MAX_INPUTS}]},
+        "encoding_format": {"enum": ["float", "base64", None]}},
+}
 RESPONSE_REQUEST = {
     "type": "object", "required": ["model", "input"], "additionalProperties": False,
     "properties": {name: {} for name in sorted(responses.PARAMETERS)} | {
@@ -221,6 +242,13 @@ def document() -> dict:
                 "responses": {"200": {"description": "The record.", "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Generation"}}}},
                     **_errors("401", "404", "405", "503")}}},
+            "/embeddings": {"post": {
+                "summary": "Embeddings of text (or token ids) from an embedding model",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/EmbeddingRequest"}}}},
+                "responses": {"200": {"description": "One vector per input.", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/EmbeddingList"}}}},
+                    **_errors("400", "401", "402", "403", "404", "405", "413", "429", "502", "503", "504")}}},
             "/responses": _completion("A response (OpenAI's Responses API: text and function tools)",
                                       "ResponseRequest", "Response"),
             "/chat/completions": _completion("A chat completion", "ChatCompletionRequest", "ChatCompletion"),
@@ -231,6 +259,7 @@ def document() -> dict:
             "schemas": {
                 "Error": ERROR, "Model": MODEL, "Generation": GENERATION, "ChatCompletion": CHAT_COMPLETION,
                 "Completion": COMPLETION, "Response": RESPONSE, "ResponseRequest": RESPONSE_REQUEST,
+                "EmbeddingList": EMBEDDING_LIST, "EmbeddingRequest": EMBEDDING_REQUEST,
                 "ChatCompletionRequest": _request(admission.CHAT_PARAMETERS, ["model", "messages"]),
                 "CompletionRequest": _request(admission.COMPLETION_PARAMETERS, ["model", "prompt"]),
             },

@@ -20,7 +20,7 @@ import orjson
 from flask import current_app
 
 from ..money.units import usd_of
-from . import normalise, responses
+from . import embeddings, normalise, responses
 from .routing import InFlight
 from .upstream import UpstreamError
 
@@ -78,7 +78,24 @@ def _finished(generated: Generated, choice: dict) -> None:
     generated.stop = stop if isinstance(stop, str) else None
 
 
+def embedded(call: Call, data: dict):
+    """A whole embeddings answer: one vector per input, billed by the router's count of the input."""
+    call.first_token_at = time.monotonic()
+    call.host_usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+    counted = {"prompt_tokens": call.prompt_tokens, "total_tokens": call.prompt_tokens}
+    body = embeddings.response(data, model=call.offer.hf_id, counted=counted)
+    inputs = call.req.body["input"]
+    wanted = 1 if isinstance(inputs, str) or all(isinstance(i, int) for i in inputs) else len(inputs)
+    if body is None or len(body["data"]) != wanted:
+        raise UpstreamError("the host did not send one embedding per input")
+    call.finish("ok", 200, 0)
+    body["usage"]["cost"] = usd_of(call.charged)
+    return current_app.response_class(orjson.dumps(body), mimetype="application/json", headers=call.headers())
+
+
 def whole(call: Call, data: dict):
+    if call.req.endpoint == "embeddings":
+        return embedded(call, data)
     if normalise.abandoned(data):
         raise UpstreamError("the host gave up on the request (its engine is stopping or failed)")
     call.first_token_at = time.monotonic()

@@ -55,7 +55,7 @@ MAX_CONTEXT = 2**31 - 1
 
 MODELS_SQL = text("""
     SELECT id, hf_id, context_length, input_price, output_price, reference_input_price, reference_output_price,
-           enabled, created_at, tool_call_parser FROM models
+           enabled, created_at, tool_call_parser, kind FROM models
 """)
 
 
@@ -84,6 +84,7 @@ class Offer:
     enabled: bool
     created: int
     tools: bool = False  # its hosts call tools (the catalog names its tool-call parser)
+    kind: str = "chat"  # or "embedding"
 
 
 class RoutingUnavailable(Exception):
@@ -129,7 +130,8 @@ class RoutingTable:
         with self._engine.connect() as conn:
             models = {row.hf_id: Offer(row.id, row.hf_id, row.context_length, row.input_price, row.output_price,
                                        row.reference_input_price, row.reference_output_price, row.enabled,
-                                       int(row.created_at.timestamp()), row.tool_call_parser is not None)
+                                       int(row.created_at.timestamp()), row.tool_call_parser is not None,
+                                       row.kind)
                       for row in conn.execute(MODELS_SQL)}
             rows = conn.execute(ROUTES_SQL).all()
         routes: dict[int, list[Route]] = {}

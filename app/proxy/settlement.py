@@ -9,6 +9,7 @@ arguments.
 from __future__ import annotations
 
 from ..money.units import cost_of
+from .errors import ApiError
 
 HOLD_SQL = """SELECT granted, amount, refusal FROM gs_hold(
     p_request => %(request_id)s, p_user => %(user_id)s, p_key => %(key_id)s, p_prompt_cost => %(prompt_cost)s,
@@ -49,3 +50,18 @@ def settlement(request: dict, *, status: str, http_status: int, completion_token
 def _count(value) -> int | None:
     """A host's token count as the usage record keeps it: a plausible integer, else nothing."""
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def refusal_error(refusal: str, headers: dict) -> ApiError:
+    """The client's error for a hold ``gs_hold`` refused."""
+    if refusal == "revoked":
+        return ApiError(401, "Incorrect API key provided. Create or check your keys on the API keys page.",
+                        code="invalid_api_key", headers=headers)
+    if refusal == "spend_limit":
+        return ApiError(402, "This API key has reached its spend limit. Raise it or use another key.",
+                        code="spend_limit_reached", headers=headers)
+    if refusal == "receivable":
+        return ApiError(402, "This account owes money after a refund or dispute. Settle it on the billing page to "
+                             "send requests again.", code="payment_owed", headers=headers)
+    return ApiError(402, "Your credit balance is too low for this request. Add credits on the billing page.",
+                    code="insufficient_credits", headers=headers)

@@ -12,6 +12,8 @@ import orjson
 import urllib3
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
+from ..echo import shown
+
 MAX_EVENT_BYTES = 1024 * 1024  # one SSE event larger than this is a broken host
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -130,3 +132,15 @@ class Upstream:
         sock = getattr(getattr(response, "connection", None), "sock", None)
         if isinstance(sock, socket.socket):
             sock.settimeout(seconds)
+
+
+def host_message(body: bytes) -> str:
+    """What a host said when it refused a request (vLLM's error message), short and printable."""
+    try:
+        message = orjson.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        try:
+            message = orjson.loads(body)["message"]
+        except (ValueError, KeyError, TypeError):
+            message = "The host refused the request."
+    return shown(str(message), 500)

@@ -8,7 +8,7 @@ from ..accounts import api_keys
 from ..echo import shown
 from ..extensions import db
 from ..money.units import format_usd, usd_of
-from . import admission
+from . import admission, embeddings
 from . import openapi as openapi_document
 from .errors import ApiError, openai_error
 from .gateway import DatabaseUnavailable, complete, gateway, unavailable
@@ -68,7 +68,9 @@ def _model_object(offer) -> dict:
     prices = {"input": offer.input_price, "output": offer.output_price,
               "reference_input": offer.reference_input_price, "reference_output": offer.reference_output_price}
     return {"id": offer.hf_id, "object": "model", "created": offer.created, "owned_by": OWNED_BY,
-            "context_length": offer.context_length, "supported_parameters": admission.supported_parameters(offer.tools),
+            "context_length": offer.context_length, "kind": offer.kind,
+            "supported_parameters": sorted(embeddings.PARAMETERS_TABLE) if offer.kind == "embedding"
+            else admission.supported_parameters(offer.tools),
             "pricing": {"currency": "USD"} | {f"{name}_per_million_tokens": format_usd(micro)[1:]
                                               for name, micro in prices.items()}}
 
@@ -142,6 +144,12 @@ def chat_completions():
 @bp.post("/completions")
 def completions():
     return complete("completions")
+
+
+@bp.post("/embeddings")
+def create_embeddings():
+    """Embeddings from a model the catalog sells as one (vLLM's pooling runner on its hosts)."""
+    return complete("embeddings")
 
 
 @bp.post("/responses")

@@ -7,11 +7,13 @@ from wtforms import (
     HiddenField,
     IntegerField,
     PasswordField,
+    SelectField,
     SelectMultipleField,
     StringField,
     TextAreaField,
     URLField,
 )
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, NumberRange, Optional, Regexp
 
 from ..accounts import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
@@ -109,6 +111,8 @@ class CatalogModelForm(Form):
     input_price = StringField("Current input price", validators=PRICE)
     output_price = StringField("Current output price", validators=PRICE)
     enabled = BooleanField("Enabled (clients may call it, hosts may serve it)")
+    kind = SelectField("Kind", default="chat", choices=[SelectChoice("chat", "chat and completions"),
+                                                        SelectChoice("embedding", "embeddings")])
     tool_call_parser = StringField("Tool-call parser (vLLM's name, e.g. hermes; empty: no tools)",
                                    validators=[Optional(), Regexp(PARSER_NAME, message=PARSER_MESSAGE)])
     reasoning_parser = StringField("Reasoning parser (vLLM's name; empty: none)",

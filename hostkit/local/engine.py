@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from hostkit.local.groups import die_with_parent, end_group, process_group_alive, record_group
-from hostkit.local.models import MODELS, SERVED_NAMES, TOOL_CALL_PARSERS, is_complete
+from hostkit.local.models import MODELS, RUNNERS, SERVED_NAMES, TOOL_CALL_PARSERS, is_complete
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-engine"
@@ -41,8 +41,8 @@ KV_CACHE_BYTES = 64 * 1024 * 1024
 MAX_MODEL_LEN = 2048
 # Each model served with the context length the catalog promises clients (a request the router admits must
 # fit), and a KV cache that holds at least one sequence that long.
-CONTEXT_LENGTHS = {"tiny-chat": 2048, "smollm2": 8192}
-KV_CACHE_SIZES = {"tiny-chat": KV_CACHE_BYTES, "smollm2": 256 * 1024 * 1024}
+CONTEXT_LENGTHS = {"tiny-chat": 2048, "smollm2": 8192, "minilm": 256}
+KV_CACHE_SIZES = {"tiny-chat": KV_CACHE_BYTES, "smollm2": 256 * 1024 * 1024, "minilm": KV_CACHE_BYTES}
 
 
 class EngineError(RuntimeError):
@@ -167,7 +167,7 @@ class Engine:
     def __init__(self, python: str | os.PathLike, model_dir: str | os.PathLike, served_name: str, *,
                  data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int | None = None,
                  kv_cache_bytes: int = KV_CACHE_BYTES, max_model_len: int | None = MAX_MODEL_LEN,
-                 tool_call_parser: str | None = None, reasoning_parser: str | None = None,
+                 tool_call_parser: str | None = None, reasoning_parser: str | None = None, runner: str | None = None,
                  extra_args: tuple[str, ...] = (), ready_timeout: float = 300, drain_seconds: int = 5,
                  stop_grace: float = 20, die_with_parent: bool = False, pid_file: str | os.PathLike | None = None):
         self.python = Path(python)
@@ -179,6 +179,7 @@ class Engine:
         self.kv_cache_bytes = kv_cache_bytes
         self.max_model_len = max_model_len
         self.tool_call_parser, self.reasoning_parser = tool_call_parser, reasoning_parser
+        self.runner = runner
         self.extra_args = tuple(extra_args)
         self.ready_timeout = ready_timeout
         # On SIGTERM vLLM lets requests in flight finish for this long; the SIGKILL comes after stop_grace.
@@ -222,6 +223,8 @@ class Engine:
         ]
         if self.max_model_len:
             args += ["--max-model-len", str(self.max_model_len)]
+        if self.runner:
+            args += ["--runner", self.runner]
         return args + parser_args(self.tool_call_parser, self.reasoning_parser) + list(self.extra_args)
 
     def start(self) -> Engine:
@@ -316,7 +319,7 @@ def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", p
     data = Path(data_dir).resolve()
     model_dir = ensure_model(model, data / "models", python=python, data_dir=data)
     sizing = {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": KV_CACHE_SIZES[model],
-              "tool_call_parser": TOOL_CALL_PARSERS[model]} | engine_args
+              "tool_call_parser": TOOL_CALL_PARSERS[model], "runner": RUNNERS.get(model)} | engine_args
     return Engine(python, model_dir, served_name or SERVED_NAMES[model], data_dir=data,
                   host=host, port=port, **sizing).start()
 

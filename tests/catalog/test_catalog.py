@@ -30,8 +30,9 @@ def test_flask_seed_puts_only_real_models_on_sale(app, client, ctx):
 
 
 def test_make_run_adds_the_demo_and_test_models_beside_the_real_ones(ctx):
-    assert demo.seed_models() == len(SEEDED) + 2
-    assert [m.hf_id for m in catalog.all_models()] == [*SEEDED, demo.DEMO_MODEL, demo.TINY_TEST_MODEL]
+    assert demo.seed_models() == len(SEEDED) + 3
+    assert [m.hf_id for m in catalog.all_models()] == [*SEEDED, demo.DEMO_MODEL, demo.TINY_TEST_MODEL,
+                                                      demo.DEMO_EMBEDDING_MODEL]
 
 
 def test_it_lists_models_publicly_with_license_and_price(client, ctx):

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import UsageRecord
 
-from ..support.engines import start_tiny_chat
+from ..support.engines import EMBEDDING_MODEL, start_minilm, start_tiny_chat
 from ..support.factories import give_credits, make_host, make_key
 
 MODEL = "gpushare/tiny-chat"
@@ -46,6 +46,29 @@ def hosts(app, engines, people):
         Path(link).unlink()
         if "gateway" in app.extensions:
             app.extensions["gateway"].meter.forget()
+
+
+@pytest.fixture(scope="session")
+def embedding_engine(tmp_path_factory):
+    """An engine serving all-MiniLM-L6-v2 (vLLM's pooling runner)."""
+    engine, model_dir = start_minilm(tmp_path_factory.mktemp("embeddings"))
+    try:
+        yield engine, model_dir
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def embedding_host(app, embedding_engine, people):
+    """The embedding engine as an approved host; the router counts with the model's own tokenizer."""
+    engine, model_dir = embedding_engine
+    link = Path(app.config["TOKENIZERS_DIR"]) / EMBEDDING_MODEL
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(model_dir, target_is_directory=True)
+    try:
+        yield make_host(people.bob, [EMBEDDING_MODEL], api_base=engine.root_url, name="embeddings").id
+    finally:
+        link.unlink()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.proxy import admission, responses
+from app.proxy import admission, embeddings, responses
 from app.proxy.errors import ApiError
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False)
@@ -53,5 +53,14 @@ def test_a_responses_request_of_any_shape_becomes_a_chat_request_or_a_400(body, 
     try:
         chat = responses.to_chat({**extra, **body})
         admission.parse(orjson.dumps(chat), "chat", max_messages=16, max_choices=4)
+    except ApiError as refused:
+        assert refused.status == 400 and refused.message
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.dictionaries(st.sampled_from(sorted(embeddings.PARAMETERS_TABLE) + ["x"]), JSON, max_size=5))
+def test_an_embeddings_request_of_any_shape_is_accepted_or_a_400(body):
+    try:
+        embeddings.parse(orjson.dumps({"model": "m", **body}))
     except ApiError as refused:
         assert refused.status == 400 and refused.message

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ..support.engines import EMBEDDING_MODEL
 from ..support.factories import give_credits, make_key
 from ..support.openapi import errors
 from .conftest import MODEL, records
@@ -30,7 +31,7 @@ ASK = "What is the weather in Paris?"
 
 
 @pytest.fixture
-def served(live_server, hosts, people):
+def served(live_server, hosts, embedding_host, people):
     """The app over HTTP, both tiny-chat engines as its hosts, and a key with credits: (base URL, key)."""
     give_credits(people.alice, "5")
     _, secret = make_key(people.alice)
@@ -68,7 +69,8 @@ def test_the_node_sdk_runs_an_agent(served, node_openai):
     script = folder / AGENT_SCRIPT.name  # ES modules find "openai" in the node_modules beside them
     shutil.copyfile(AGENT_SCRIPT, script)
     done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OPENAI_BASE_URL": base, "OPENAI_API_KEY": key, "MODEL": MODEL})
+                          env={**os.environ, "OPENAI_BASE_URL": base, "OPENAI_API_KEY": key, "MODEL": MODEL,
+                                                    "EMBEDDING_MODEL": EMBEDDING_MODEL})
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     bodies = [out["chat"], out["text_parts"], out["named"], *out["required"], out["auto"], out["final"],
@@ -92,14 +94,17 @@ def test_the_node_sdk_runs_an_agent(served, node_openai):
     assert [item["type"] for item in out["response_tool"]["output"]] == ["function_call"]
     assert [e for event in out["response_events"] for e in errors("ResponseStreamEvent", event)] == []
     assert out["response_events"][-1]["response"]["usage"]["cost"] > 0
-    assert len(records()) == 15  # the answered requests: no error was billed
+    assert errors("CreateEmbeddingResponse", out["embeddings"]) == []
+    assert [len(d["embedding"]) for d in out["embeddings"]["data"]] == [384, 384]
+    assert len(out["embeddings_default"]["data"][0]["embedding"]) == 384  # the SDK decoded base64
+    assert len(records()) == 17  # the answered requests: no error was billed
     counts_agree()
 
 
 def test_langchain_chat_openai_runs_an_agent(served):
     import openai
     from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
-    from langchain_openai import ChatOpenAI
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
     base, key = served
     llm = ChatOpenAI(model=MODEL, base_url=base, api_key=key, max_retries=0, max_tokens=5)
@@ -130,6 +135,10 @@ def test_langchain_chat_openai_runs_an_agent(served):
     assert responses.invoke(ASK).text
     [via_responses] = responses.bind_tools([WEATHER], tool_choice="get_weather").invoke(asked).tool_calls
     assert via_responses["name"] == "get_weather" and via_responses["args"]["city"] in ("Paris", "Rome")
+    vectors = OpenAIEmbeddings(model=EMBEDDING_MODEL, base_url=base, api_key=key, max_retries=0,
+                               check_embedding_ctx_length=False)  # its own check downloads tiktoken's tables
+    assert [len(v) for v in vectors.embed_documents(["Paris", "Rome"])] == [384, 384]
+    assert len(vectors.embed_query("Oslo")) == 384
     with pytest.raises(openai.NotFoundError):
         ChatOpenAI(model="no/such-model", base_url=base, api_key=key, max_retries=0).invoke(ASK)
     with pytest.raises(openai.AuthenticationError):
@@ -173,6 +182,9 @@ def test_litellm_runs_an_agent(served, litellm):
                                               seed=2, stream=True, **common) if c.choices]
     deltas = [t for c in streamed for t in c.choices[0].delta.tool_calls or []]
     assert deltas and json.loads("".join(t.function.arguments or "" for t in deltas))["city"]
+    vectors = litellm.embedding(model=f"openai/{EMBEDDING_MODEL}", input=["Paris", "Rome"], api_base=base,
+                                api_key=key)
+    assert [len(v["embedding"]) for v in vectors.data] == [384, 384] and vectors.usage.prompt_tokens > 0
     response = litellm.responses(input=ASK, max_output_tokens=5, **common)
     assert response.output and response.usage.output_tokens > 0
     with pytest.raises(litellm.NotFoundError):

@@ -41,3 +41,23 @@ def start_tiny_chat(data_dir: Path, count: int = 1) -> tuple[list[Engine], Path]
             engine.stop()
         pytest.fail("\n".join(failures), pytrace=False)
     return engines, model_dir
+
+
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def start_minilm(data_dir: Path) -> tuple[Engine, Path]:
+    """A started engine serving all-MiniLM-L6-v2 with vLLM's pooling runner, and its model folder."""
+    try:
+        python = engine_python()
+    except EngineError as exc:
+        pytest.fail(f"these tests need vLLM: {exc}", pytrace=False)
+    model_dir = ensure_model("minilm", data_dir / "models", python=python, data_dir=data_dir)
+    engine = Engine(python, model_dir, EMBEDDING_MODEL, data_dir=data_dir / "engine", max_model_len=256,
+                    runner="pooling")
+    try:
+        engine.start()
+    except EngineError as exc:
+        engine.stop()
+        pytest.fail(str(exc), pytrace=False)
+    return engine, model_dir

@@ -66,7 +66,8 @@ def v1(live_server, app, people):
 
 
 @pytest.mark.parametrize("label", ["GET /models", "GET /models/{model}", "POST /chat/completions",
-                                   "POST /completions", "GET /generations/{id}", "POST /responses"])
+                                   "POST /completions", "GET /generations/{id}", "POST /responses",
+                                   "POST /embeddings"])
 def test_v1_answers_every_request_within_its_document(v1, label):
     [operation] = [op for op in operations(v1["schema"]) if op.label == label]
     fuzz(operation, v1["base"], v1["headers"])
@@ -75,7 +76,8 @@ def test_v1_answers_every_request_within_its_document(v1, label):
 def test_v1_publishes_its_document(client):
     document = client.get("/v1/openapi.json").get_json()  # public, like OpenAI's own
     assert document["openapi"] == "3.1.0" and set(document["paths"]) == {
-        "/models", "/models/{model}", "/chat/completions", "/completions", "/generations/{id}", "/responses"}
+        "/models", "/models/{model}", "/chat/completions", "/completions", "/generations/{id}", "/responses",
+        "/embeddings"}
     request = document["components"]["schemas"]["ChatCompletionRequest"]
     assert request["additionalProperties"] is False and {"model", "messages", "tools"} <= request["properties"].keys()
 

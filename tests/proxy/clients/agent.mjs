@@ -63,6 +63,10 @@ out.response_tool = await client.responses.create({ model, input: "Weather?", ma
 out.response_events = await chunks(await client.responses.create({
   model, input: "Hi", max_output_tokens: 5, stream: true }));
 
+out.embeddings = await client.embeddings.create({
+  model: process.env.EMBEDDING_MODEL, input: ["Paris", "Rome is warm"], encoding_format: "float" });
+out.embeddings_default = await client.embeddings.create({ model: process.env.EMBEDDING_MODEL, input: "Oslo" });
+
 out.errors = {
   not_found: await error(client.chat.completions.create({ model: "no/such-model", messages: ask })),
   bad_key: await error(new OpenAI({ apiKey: "gpsk_wrong", maxRetries: 0 }).models.list()),

@@ -1,4 +1,4 @@
-"""the catalog names each model's tool-call and reasoning parsers, as vLLM calls them
+"""the catalog names each model's kind (chat or embedding) and its tool-call and reasoning parsers, as vLLM calls them
 
 Revision ID: 0012
 Revises: 0011
@@ -23,6 +23,8 @@ PARSERS = {
 
 
 def upgrade():
+    op.add_column("models", sa.Column("kind", sa.String(16), server_default="chat", nullable=False))
+    op.create_check_constraint(op.f("ck_models_kind_known"), "models", "kind IN ('chat', 'embedding')")
     op.add_column("models", sa.Column("tool_call_parser", sa.String(40), nullable=True))
     op.add_column("models", sa.Column("reasoning_parser", sa.String(40), nullable=True))
     for name in ("tool_call_parser", "reasoning_parser"):
@@ -35,3 +37,4 @@ def upgrade():
 def downgrade():
     op.drop_column("models", "reasoning_parser")
     op.drop_column("models", "tool_call_parser")
+    op.drop_column("models", "kind")
