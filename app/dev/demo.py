@@ -41,6 +41,7 @@ MODELS = [
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
 DEMO_HOST_EMAIL = "host@gpushare.localhost"
 DEMO_HOST_NAME = "demo host"
+DEMO_EMBEDDINGS_HOST_NAME = "demo embeddings host"
 DEMO_CLIENT_EMAIL = "demo@gpushare.localhost"
 DEMO_KEY_NAME = "demo"
 DEMO_CREDITS = 5_000_000  # $5
@@ -113,23 +114,23 @@ def demo_host_owner() -> User:
     return owner
 
 
-def demo_host() -> Host | None:
+def demo_host(name: str = DEMO_HOST_NAME) -> Host | None:
     return db.session.scalar(select(Host).join(User, User.id == Host.owner_id)
-                             .where(User.email == DEMO_HOST_EMAIL, Host.name == DEMO_HOST_NAME,
+                             .where(User.email == DEMO_HOST_EMAIL, Host.name == name,
                                     Host.status.in_(("pending", "approved"))))
 
 
-def enroll_demo_host(state_dir: Path, register) -> Host:
-    """The demo machine registered the way every host is: an enrollment key from its owner, then
+def enroll_demo_host(state_dir: Path, register, name: str = DEMO_HOST_NAME) -> Host:
+    """A demo machine registered the way every host is: an enrollment key from its owner, then
     ``register(key)`` (which runs ``hostkit register``), reusing the registration of an earlier run."""
     owner = demo_host_owner()
-    host = demo_host()
+    host = demo_host(name)
     if host is None or not (state_dir / "host.json").exists():
         for stale in ("host.json", "wireguard.key"):
             (state_dir / stale).unlink(missing_ok=True)
         _, key = hosts.create_enrollment_key(owner)
         register(key)
-        host = demo_host()
+        host = demo_host(name)
     return host
 
 

@@ -1,8 +1,9 @@
-"""A second "machine" for ``make run``'s demo host: a network namespace joined to this one by a veth pair.
+"""Other "machines" for ``make run``'s demo hosts: network namespaces joined to this one by veth pairs.
 
-The demo host then joins the overlay exactly as a host on another machine
+A demo host then joins the overlay exactly as a host on another machine
 does: it reaches the router's host API and the hub's WireGuard port on the
-veth address, and the router reaches its engine only through the tunnel.
+first machine's veth address (the others route to it through this
+namespace), and the router reaches its engine only through the tunnel.
 Made at start (a stale one from a killed run is replaced) and removed at stop;
 every name comes from the run's ``Instance``.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 
-from .instance import Instance
+from .instance import DemoMachine
 
 PREFIX = 30
 
@@ -25,17 +26,19 @@ def _ip(*args: str) -> None:
         raise DemoNetworkError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
 
-def create(instance: Instance) -> None:
-    remove(instance.demo_namespace, instance.demo_veth)
-    namespace, veth = instance.demo_namespace, instance.demo_veth
+def create(machine: DemoMachine) -> None:
+    remove(machine.namespace, machine.veth)
+    namespace, veth = machine.namespace, machine.veth
     _ip("netns", "add", namespace)
     try:
         _ip("-n", namespace, "link", "set", "lo", "up")
         _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
-        _ip("address", "add", f"{instance.demo_router_address}/{PREFIX}", "dev", veth)
+        _ip("address", "add", f"{machine.router_address}/{PREFIX}", "dev", veth)
         _ip("link", "set", veth, "up")
-        _ip("-n", namespace, "address", "add", f"{instance.demo_host_address}/{PREFIX}", "dev", "eth0")
+        _ip("-n", namespace, "address", "add", f"{machine.host_address}/{PREFIX}", "dev", "eth0")
         _ip("-n", namespace, "link", "set", "eth0", "up")
+        # The router's other addresses (the first machine's veth, where the host API and the hub listen).
+        _ip("-n", namespace, "route", "add", "default", "via", machine.router_address)
     except DemoNetworkError:
         remove(namespace, veth)
         raise
@@ -53,6 +56,6 @@ def remove(namespace: str, veth: str) -> None:
     subprocess.run(["ip", "link", "del", veth], capture_output=True)
 
 
-def command(instance: Instance, *args: str) -> list[str]:
-    """``args`` run inside the demo machine."""
-    return ["ip", "netns", "exec", instance.demo_namespace, *args]
+def command(machine: DemoMachine, *args: str) -> list[str]:
+    """``args`` run inside a demo machine."""
+    return ["ip", "netns", "exec", machine.namespace, *args]

@@ -3,8 +3,8 @@
 Two runs with different data directories must not touch each other: each takes a slot (0 to
 ``SLOTS - 1``) under an exclusive lock held for its whole life, and keeps it in its data directory so
 its hosts' overlay addresses stay the same from run to run. Everything machine-wide that a run makes
-(the hub's interface, UDP port and firewall table, the demo host's namespace, veth pair and WireGuard
-interface, the overlay networks) is named from the slot.
+(the hub's interface, UDP port and firewall table, the demo hosts' namespaces, veth pairs and WireGuard
+interfaces, the overlay networks) is named from the slot.
 """
 from __future__ import annotations
 
@@ -44,31 +44,46 @@ class Instance:
         return BASE_LISTEN_PORT + self.slot
 
     @property
-    def demo_namespace(self) -> str:
-        return f"gs{self.slot}-demo"
-
-    @property
-    def demo_veth(self) -> str:
-        """The router's end of the veth pair to the demo host's namespace."""
-        return f"gs{self.slot}-demo0"
-
-    @property
-    def demo_host_interface(self) -> str:
-        """The demo host's WireGuard interface: inside its namespace, but wireguard-go's control socket is
-        machine-wide, so the name must be unique too."""
-        return f"gs{self.slot}-host"
-
-    @property
-    def demo_router_address(self) -> str:
-        return f"10.78.{self.slot}.1"
-
-    @property
-    def demo_host_address(self) -> str:
-        return f"10.78.{self.slot}.2"
+    def demo_machines(self) -> list[DemoMachine]:
+        """The demo's two host machines, each a namespace of its own: the chat model's and the embedding model's
+        (two WireGuard tunnels to one hub need two routing tables, as two machines have)."""
+        return [DemoMachine(self.slot, 0, "host"), DemoMachine(self.slot, 1, "embed")]
 
     def links(self) -> list[str]:
         """Every interface a run of this slot may make in the router's namespace."""
-        return [self.hub_interface, self.demo_veth]
+        return [self.hub_interface, *(machine.veth for machine in self.demo_machines)]
+
+
+@dataclass(frozen=True)
+class DemoMachine:
+    """One demo host's "machine": a namespace joined to the router's by a veth pair (a /30 of 10.78.<slot>.0/24)."""
+
+    slot: int
+    index: int
+    role: str  # names its WireGuard interface
+
+    @property
+    def namespace(self) -> str:
+        return f"gs{self.slot}-demo" + (str(self.index) if self.index else "")
+
+    @property
+    def veth(self) -> str:
+        """The router's end of the veth pair to the namespace."""
+        return f"gs{self.slot}-demo{self.index}"
+
+    @property
+    def interface(self) -> str:
+        """The host's WireGuard interface: inside its namespace, but wireguard-go's control socket is machine-wide,
+        so the name must be unique too."""
+        return f"gs{self.slot}-{self.role}"
+
+    @property
+    def router_address(self) -> str:
+        return f"10.78.{self.slot}.{4 * self.index + 1}"
+
+    @property
+    def host_address(self) -> str:
+        return f"10.78.{self.slot}.{4 * self.index + 2}"
 
 
 def _lock_path(slot: int) -> Path:

@@ -19,7 +19,7 @@ While it waits, it notes every few seconds the process groups the run's
 processes are in: a process that rewrote its environment (a server that
 sets its title does) is still found through its group when its leader died.
 
-    python -m app.dev.janitor --run-id ID --data-dir DIR [--grace 30] [--netns NAME --veth NAME]
+    python -m app.dev.janitor --run-id ID --data-dir DIR [--grace 30] [--netns NAME --veth NAME ...]
         [--link NAME ...] [--nft-table NAME ...]
 """
 from __future__ import annotations
@@ -145,15 +145,16 @@ def _started_since(pid_file: Path, since: float) -> psutil.Process | None:
         return None
 
 
-def remove_network(netns: str | None, veth: str | None, links: list[str], tables: list[str]) -> list[str]:
-    """Remove the run's namespace (with its veth pair), interfaces and firewall tables. Returns what was there."""
-    removed = []
-    if netns and veth:
-        from .demo_network import remove
+def remove_network(netns: list[str], veths: list[str], links: list[str], tables: list[str]) -> list[str]:
+    """Remove the run's namespaces (with their veth pairs), interfaces and firewall tables. Returns what was
+    there."""
+    from .demo_network import remove
 
-        if netns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split():
-            removed.append(f"network namespace {netns}")
-        remove(netns, veth)
+    removed = []
+    for namespace, veth in zip(netns, veths):
+        if namespace in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split():
+            removed.append(f"network namespace {namespace}")
+        remove(namespace, veth)
     for link in links:
         if subprocess.run(["ip", "link", "show", "dev", link], capture_output=True).returncode == 0:
             removed.append(f"interface {link}")
@@ -175,8 +176,9 @@ class Janitor:
             from overlay.hub import firewall_table
 
             hub = os.environ["OVERLAY_INTERFACE"]
-            args += ["--netns", instance.demo_namespace, "--veth", instance.demo_veth,
-                     "--link", hub, "--nft-table", firewall_table(hub)]
+            for machine in instance.demo_machines:
+                args += ["--netns", machine.namespace, "--veth", machine.veth]
+            args += ["--link", hub, "--nft-table", firewall_table(hub)]
         self.process = subprocess.Popen([sys.executable, "-m", "app.dev.janitor", *args], stdin=subprocess.PIPE,
                                         cwd=ROOT, start_new_session=True)
 
@@ -194,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--data-dir", type=Path, required=True, help="where the embedded servers keep their pid")
     parser.add_argument("--grace", type=float, default=30, help="seconds between SIGTERM and SIGKILL")
-    parser.add_argument("--netns", default=None, help="the demo host's namespace")
-    parser.add_argument("--veth", default=None, help="the router's end of the veth pair to that namespace")
+    parser.add_argument("--netns", action="append", default=[], help="a demo host's namespace")
+    parser.add_argument("--veth", action="append", default=[],
+                        help="the router's end of the veth pair to that namespace (one per --netns)")
     parser.add_argument("--link", action="append", default=[])
     parser.add_argument("--nft-table", action="append", default=[])
     args = parser.parse_args(argv)

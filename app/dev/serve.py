@@ -130,6 +130,8 @@ def _banner(info, env_path: Path, public: str, model: str | None) -> str:
         f"  .venv/bin/python -c 'import openai; [print(c.choices[0].delta.content or \"\", end=\"\", flush=True) "
         f"for c in openai.OpenAI().chat.completions.create(model=\"{model}\", stream=True, "
         f"messages=[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]) if c.choices]'",
+        "  .venv/bin/python -c 'import openai; e = openai.OpenAI().embeddings.create("
+        f"model=\"{demo.DEMO_EMBEDDING_MODEL}\", input=\"Paris\"); print(len(e.data[0].embedding), e.usage)'",
     ] if model else ["  (no demo host: start with --demo-model smollm2 to serve a model here)"]
     return "\n".join([
         "",
@@ -196,47 +198,64 @@ class Platform:
             "--connect-webhook-url", f"{public}/stripe/connect-webhook", "--state", str(state)),
             env=env, cwd=ROOT)
 
-    def start_demo_host(self, model: str, router_url: str):
-        """The demo host joins like any host: ``hostkit register`` with its owner's enrollment key, approval by
-        the seeded admin, then ``hostkit agent``, which brings up the overlay and the engine. Over WireGuard it
-        runs in the demo namespace, a second machine as far as the network can tell."""
+    def start_demo_hosts(self, model: str, router_url: str):
+        """The demo hosts join like any host: ``hostkit register`` with their owner's enrollment key, approval by
+        the seeded admin, then ``hostkit agent``, which brings up the overlay and the engine. Over WireGuard they
+        run in the demo namespace, a second machine as far as the network can tell. One serves ``model``, the
+        other the demo embedding model; both start at once, and the platform waits for both to pass a health
+        check."""
         from app.extensions import db
         from app.models import Host
 
-        state_dir, engine_dir = self.data_dir / "demo-host", self.data_dir / "engine"
-        prefix = demo_network.command(self.instance) if self.wireguard else []
+        click.echo(f"Starting the demo hosts: {DEMO_MODELS[model]} and {demo.DEMO_EMBEDDING_MODEL} on vLLM (CPU); "
+                   "this takes about a minute...")
+        started = time.monotonic()
+        chat, embeddings = self.instance.demo_machines
+        waiting = {
+            self.start_demo_host(demo.DEMO_HOST_NAME, "demo-host", "engine", model, DEMO_MODELS[model], chat,
+                                 router_url): demo.DEMO_HOST_NAME,
+            self.start_demo_host(demo.DEMO_EMBEDDINGS_HOST_NAME, "demo-embeddings-host", "engine-embeddings",
+                                 "minilm", demo.DEMO_EMBEDDING_MODEL, embeddings,
+                                 router_url): demo.DEMO_EMBEDDINGS_HOST_NAME}
+        deadline = time.monotonic() + DEMO_READY_TIMEOUT_SECONDS
+        while waiting:
+            for host_id in [h for h in waiting if db.session.get(Host, h, populate_existing=True).healthy]:
+                click.echo(f"The {waiting.pop(host_id)} is serving, {time.monotonic() - started:.0f}s after start"
+                           + (" (over the WireGuard overlay)." if self.wireguard else " (loopback overlay)."))
+            db.session.commit()
+            if waiting and time.monotonic() > deadline:
+                raise click.ClickException(f"the {' and the '.join(waiting.values())} were not serving after "
+                                           f"{DEMO_READY_TIMEOUT_SECONDS}s")
+            self.supervisor.sleep(0.5)
+
+    def start_demo_host(self, name: str, folder: str, engine_folder: str, model: str, model_id: str, machine,
+                        router_url: str) -> int:
+        """Register, approve and start one demo host's agent on ``machine`` (an ``instance.DemoMachine``), with
+        its state in ``folder`` and its engine's models, caches and logs in ``engine_folder``; returns its id."""
+        state_dir, engine_dir = self.data_dir / folder, self.data_dir / engine_folder
+        prefix = demo_network.command(machine) if self.wireguard else []
         hostkit = [*prefix, sys.executable, "-m", "hostkit"]
 
         def register(key: str) -> None:
-            done = subprocess.run([*hostkit, "register", "--router", router_url, "--invite", key, "--name",
-                                   demo.DEMO_HOST_NAME, "--engine-port", str(DEMO_ENGINE_PORT),
-                                   "--state-dir", str(state_dir)], cwd=ROOT, env=self.env, capture_output=True,
-                                  text=True)
+            done = subprocess.run([*hostkit, "register", "--router", router_url, "--invite", key, "--name", name,
+                                   "--engine-port", str(DEMO_ENGINE_PORT), "--state-dir", str(state_dir)],
+                                  cwd=ROOT, env=self.env, capture_output=True, text=True)
             if done.returncode != 0:
-                raise click.ClickException(f"the demo host could not register: {done.stderr.strip()}")
+                raise click.ClickException(f"the {name} could not register: {done.stderr.strip()}")
             click.echo(done.stdout.strip())
 
-        click.echo(f"Starting the demo host: {DEMO_MODELS[model]} on vLLM (CPU); this takes about a minute...")
-        started = time.monotonic()
-        host = demo.enroll_demo_host(state_dir, register)
+        host = demo.enroll_demo_host(state_dir, register, name)
         checkpoint()
-        host = demo.approve_demo_host(host, DEMO_MODELS[model], engine_dir / "models" / model,
+        host = demo.approve_demo_host(host, model_id, engine_dir / "models" / model,
                                       Path(self.app.config["TOKENIZERS_DIR"]))
-        click.echo(f"The demo host is approved (by {demo.DEMO_ADMIN_EMAIL}) at overlay address "
+        click.echo(f"The {name} is approved (by {demo.DEMO_ADMIN_EMAIL}) at overlay address "
                    f"{host.overlay_address}.")
-        self.supervisor.start("demo host's agent", [
+        self.supervisor.start(f"{name}'s agent", [
             *hostkit, "agent", "--state-dir", str(state_dir), "--engine", "process", "--data-dir", str(engine_dir),
-            "--heartbeat", "2", "--interface", self.instance.demo_host_interface,
+            "--heartbeat", "2", "--interface", machine.interface,
             "--authorized-keys", str(state_dir / "authorized_keys")], env=self.env, cwd=ROOT,
             stop_seconds=DEMO_STOP_SECONDS, stop_first=True)
-        host_id, deadline = host.id, time.monotonic() + DEMO_READY_TIMEOUT_SECONDS
-        while not db.session.get(Host, host_id, populate_existing=True).healthy:
-            db.session.commit()
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"the demo host was not serving after {DEMO_READY_TIMEOUT_SECONDS}s")
-            self.supervisor.sleep(0.5)
-        click.echo(f"Demo host ready in {time.monotonic() - started:.0f}s"
-                   + (" (over the WireGuard overlay)." if self.wireguard else " (loopback overlay)."))
+        return host.id
 
     def pay_demo_host(self, public: str) -> None:
         """The demo host's owner is paid through the stand-in, so the admin's money page has a payout to show."""
@@ -264,12 +283,14 @@ class Platform:
         click.echo(f"Model catalog: {demo.seed_models()} models added.")
         router_url, binds = public, [f"{host}:{port}"]
         if self.wireguard and demo_model != "none":
-            # The demo host gets a machine of its own; it reaches the router and the hub on the veth address.
-            demo_network.create(self.instance)
+            # Each demo host gets a machine of its own; they reach the router and the hub on the first veth address.
             self.demo_network = True
-            router_url = f"http://{self.instance.demo_router_address}:{port}"
-            binds.append(f"{self.instance.demo_router_address}:{port}")
-            endpoint = {"OVERLAY_ENDPOINT": f"{self.instance.demo_router_address}:{self.instance.hub_listen_port}"}
+            for machine in self.instance.demo_machines:
+                demo_network.create(machine)
+            router = self.instance.demo_machines[0].router_address
+            router_url = f"http://{router}:{port}"
+            binds.append(f"{router}:{port}")
+            endpoint = {"OVERLAY_ENDPOINT": f"{router}:{self.instance.hub_listen_port}"}
             self.env.update(endpoint)
             self.app.config.update(endpoint)
         info = demo.ensure_demo(self.data_dir, f"{public}/v1")
@@ -290,7 +311,7 @@ class Platform:
                                   env=self.env, cwd=ROOT)
         _wait_ready(f"{public}/healthz", self.supervisor)
         if demo_model != "none":
-            self.start_demo_host(demo_model, router_url)
+            self.start_demo_hosts(demo_model, router_url)
             if self.standin:
                 self.pay_demo_host(public)
         click.echo(_banner(info, self.data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
@@ -304,7 +325,8 @@ class Platform:
 
         steps = [self.supervisor.stop]
         if self.demo_network:
-            steps.append(lambda: demo_network.remove(self.instance.demo_namespace, self.instance.demo_veth))
+            steps += [lambda machine=machine: demo_network.remove(machine.namespace, machine.veth)
+                      for machine in self.instance.demo_machines]
         if self.wireguard:
             steps.append(lambda: _remove_hub(self.app.config["OVERLAY_INTERFACE"]))
         # This process's own connections go before the server they point at.

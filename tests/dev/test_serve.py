@@ -56,7 +56,8 @@ def test_it_serves_from_nothing_beside_another_run_survives_a_restart_and_leaves
         # A second run on the same machine, with its own port and data directory.
         second = Platform(tmp_path / "b" / "data", free_port())
         banner = first.wait_for_banner()
-        assert "Demo host ready in" in banner and "(over the WireGuard overlay)" in banner
+        assert "The demo host is serving" in banner and "The demo embeddings host is serving" in banner
+        assert "(over the WireGuard overlay)" in banner
         env = read_env_file(first.data_dir / "demo.env")
         assert env["OPENAI_BASE_URL"] == f"{base}/v1"
         assert re.search(rf"demo API key: {re.escape(env['OPENAI_API_KEY'])}", banner)
@@ -74,9 +75,14 @@ def test_it_serves_from_nothing_beside_another_run_survives_a_restart_and_leaves
         status, page = get(f"{base}/models")
         assert status == 200 and "Llama 3.1 8B Instruct" in page and "Apache-2.0" in page
         status, body = get(f"{base}/v1/models", {"Authorization": f"Bearer {env['OPENAI_API_KEY']}"})
-        assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["gpushare/tiny-chat"]
-        # The demo, as the README tells it: the OpenAI SDK streams tokens from the demo host.
+        assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [
+            "gpushare/tiny-chat", "sentence-transformers/all-MiniLM-L6-v2"]
+        # The demo, as the README tells it: the OpenAI SDK streams tokens from the demo host, and embeds text on the
+        # demo embeddings host.
         assert chat(env)
+        with openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], max_retries=0) as sdk:
+            vectors = sdk.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=["Paris", "Rome"])
+        assert [len(v.embedding) for v in vectors.data] == [384, 384] and vectors.usage.cost > 0
 
         # Both runs serve at once, each from its own slot: networks, hub, port and engine apart.
         second.wait_for_banner()

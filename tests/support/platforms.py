@@ -117,8 +117,8 @@ def leftovers(data_dir: Path, run_id: str, instance: Instance) -> list[str]:
     and its interfaces."""
     found = [f"{process.pid}: {cmdline[:200]}" for process, cmdline, marker in _live()
              if marker == run_id or str(data_dir) in cmdline]
-    if instance.demo_namespace in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
-        found.append(f"network namespace {instance.demo_namespace}")
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    found += [f"network namespace {m.namespace}" for m in instance.demo_machines if m.namespace in namespaces]
     for link in instance.links():
         if subprocess.run(["ip", "link", "show", link], capture_output=True).returncode == 0:
             found.append(f"interface {link}")

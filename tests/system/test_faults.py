@@ -19,6 +19,7 @@ import pytest
 import redis
 from sqlalchemy import select, text
 
+from app.dev.demo import DEMO_HOST_NAME
 from app.models import Host
 from hostkit.local.engine import free_port
 
@@ -35,14 +36,9 @@ from .faults import (
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-
-
-
-
-
-
-
-
+# The chat demo host's engine and agent (the demo's embeddings host runs beside them, untouched).
+CHAT_ENGINE = "tiny-chat"
+CHAT_AGENT = "demo-host --engine"
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +69,13 @@ def world(tmp_path_factory):
 def test_a_killed_engine_is_restarted_and_its_streams_end_with_an_error(world):
     with Load(world.platform.base, world.key) as load:
         with Witness(world) as witness:
-            kill(run_processes(world.platform.run_id, "vllm.entrypoints.openai.api_server"))
+            kill(run_processes(world.platform.run_id, "vllm.entrypoints.openai.api_server", CHAT_ENGINE))
         took = world.recovered()
         outcomes = load.stop() + [witness.outcome]
     print(f"\nserving again {took:.0f}s after the engine was killed")
     assert "the engine exited (killed by SIGKILL); starting it again in 5s" in world.platform.output()
     # The agent's heartbeats are accepted as they are: the host's page shows its engine running again.
-    assert world.query(select(Host.heartbeat))[0][0]["engine"] == "running"
+    assert world.query(select(Host.heartbeat).where(Host.name == DEMO_HOST_NAME))[0][0]["engine"] == "running"
     # The stream the kill cut short ends with OpenAI's error event, and what it delivered is billed.
     assert witness.outcome.kind == "error_event" and witness.outcome.error["code"] == "host_failed", witness.outcome
     assert witness.outcome.text
@@ -122,10 +118,10 @@ def test_a_killed_job_process_is_restarted_and_jobs_go_on(world, part):
 
 
 def test_a_killed_agent_is_restarted_with_its_engine(world):
-    engine = run_processes(world.platform.run_id, "vllm.entrypoints.openai.api_server")
+    engine = run_processes(world.platform.run_id, "vllm.entrypoints.openai.api_server", CHAT_ENGINE)
     with Load(world.platform.base, world.key) as load:
         with Witness(world) as witness:
-            kill(run_processes(world.platform.run_id, "hostkit", "agent"))
+            kill(run_processes(world.platform.run_id, "hostkit", "agent", CHAT_AGENT))
         took = world.recovered()
         outcomes = load.stop() + [witness.outcome]
     print(f"\nserving again {took:.0f}s after the agent was killed")
