@@ -186,3 +186,30 @@ def pay_demo_host(base_url: str) -> dict[str, int]:
     from jobs.payouts import pay_hosts  # jobs build on the app package
 
     return pay_hosts()
+
+
+def banner(info: Demo, env_path: Path, public: str, model: str | None) -> str:
+    """What ``make run`` prints once the platform serves: the logins, the demo key and calls to try."""
+    try_model = [
+        f"  .venv/bin/python -c 'import openai; [print(c.choices[0].delta.content or \"\", end=\"\", flush=True) "
+        f"for c in openai.OpenAI().chat.completions.create(model=\"{model}\", stream=True, "
+        f"messages=[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]) if c.choices]'",
+        "  .venv/bin/python -c 'import openai; e = openai.OpenAI().embeddings.create("
+        f"model=\"{DEMO_EMBEDDING_MODEL}\", input=\"Paris\"); print(len(e.data[0].embedding), e.usage)'",
+    ] if model else ["  (no demo host: start with --demo-model smollm2 to serve a model here)"]
+    return "\n".join([
+        "",
+        f"gpushare is running at {public}",
+        f"  admin: {info.admin_email} / {info.admin_password}",
+        f"  demo client: {info.client_email} / {info.client_password}",
+        f"  demo API key: {info.api_key}",
+        f"  written to {env_path}",
+        "",
+        "Try it:",
+        f"  set -a; . {env_path}; set +a",
+        '  curl -s "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY"',
+        *try_model,
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ])

@@ -125,32 +125,6 @@ def _wait_ready(url: str, supervisor: Supervisor) -> None:
                                "see the log above")
 
 
-def _banner(info, env_path: Path, public: str, model: str | None) -> str:
-    try_model = [
-        f"  .venv/bin/python -c 'import openai; [print(c.choices[0].delta.content or \"\", end=\"\", flush=True) "
-        f"for c in openai.OpenAI().chat.completions.create(model=\"{model}\", stream=True, "
-        f"messages=[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]) if c.choices]'",
-        "  .venv/bin/python -c 'import openai; e = openai.OpenAI().embeddings.create("
-        f"model=\"{demo.DEMO_EMBEDDING_MODEL}\", input=\"Paris\"); print(len(e.data[0].embedding), e.usage)'",
-    ] if model else ["  (no demo host: start with --demo-model smollm2 to serve a model here)"]
-    return "\n".join([
-        "",
-        f"gpushare is running at {public}",
-        f"  admin: {info.admin_email} / {info.admin_password}",
-        f"  demo client: {info.client_email} / {info.client_password}",
-        f"  demo API key: {info.api_key}",
-        f"  written to {env_path}",
-        "",
-        "Try it:",
-        f"  set -a; . {env_path}; set +a",
-        '  curl -s "$OPENAI_BASE_URL/models" -H "Authorization: Bearer $OPENAI_API_KEY"',
-        *try_model,
-        "",
-        "Press Ctrl-C to stop.",
-        "",
-    ])
-
-
 class Platform:
     """One run: what it started, and how to stop it."""
 
@@ -314,7 +288,7 @@ class Platform:
             self.start_demo_hosts(demo_model, router_url)
             if self.standin:
                 self.pay_demo_host(public)
-        click.echo(_banner(info, self.data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
+        click.echo(demo.banner(info, self.data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
         while True:
             self.supervisor.sleep(1)
 
