@@ -89,24 +89,29 @@ def main() -> None:
             if make.poll() is not None:
                 fail(f"make run exited with status {make.returncode} before serving", log)
             if time.monotonic() - started > START_SECONDS:
-                fail(f"the demo model was not served within {START_SECONDS}s", log)
+                fail(f"the demo models were not served within {START_SECONDS}s", log)
             demo = run_env(data_dir)
             if demo.get("OPENAI_API_KEY"):
                 try:
-                    models = [m["id"] for m in call(f"{base}/models", demo["OPENAI_API_KEY"])["data"]]
+                    models = {m["kind"]: m["id"] for m in call(f"{base}/models", demo["OPENAI_API_KEY"])["data"]}
                 except (urllib.error.URLError, OSError, ValueError, KeyError):
-                    models = []
-                if models:
+                    models = {}
+                if {"chat", "embedding"} <= models.keys():  # both demo hosts serve
                     break
             time.sleep(2)
         print(f"make run smoke: {models} served after {time.monotonic() - started:.0f}s", flush=True)
         answer = call(f"{base}/chat/completions", demo["OPENAI_API_KEY"], {
-            "model": models[0], "max_tokens": 8,
+            "model": models["chat"], "max_tokens": 8,
             "messages": [{"role": "user", "content": "What is the capital of France?"}]})
         text = answer["choices"][0]["message"]["content"]
         if not text or answer["usage"]["completion_tokens"] < 1:
             fail(f"the chat completion came back empty: {answer}", log)
         print(f"make run smoke: a chat completion answered {text!r}", flush=True)
+        vectors = call(f"{base}/embeddings", demo["OPENAI_API_KEY"], {"model": models["embedding"],
+                                                                       "input": "Paris", "encoding_format": "float"})
+        if len(vectors["data"][0]["embedding"]) < 1 or vectors["usage"]["prompt_tokens"] < 1:
+            fail(f"the embedding came back empty: {vectors}", log)
+        print(f"make run smoke: an embedding of {len(vectors['data'][0]['embedding'])} numbers", flush=True)
     finally:
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGINT)

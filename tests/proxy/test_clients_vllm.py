@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ..support.engines import EMBEDDING_MODEL
-from ..support.factories import give_credits, make_key
+from ..support.factories import give_credits, make_key, make_user
 from ..support.openapi import errors
 from .conftest import MODEL, records
 from .test_tools_vllm import counts_agree
@@ -36,6 +36,26 @@ def served(live_server, hosts, embedding_host, people):
     give_credits(people.alice, "5")
     _, secret = make_key(people.alice)
     return f"{live_server}/v1", secret
+
+
+@pytest.fixture
+def refusing(people):
+    """Keys the router refuses, one per error class a balance, a key's limits and its allowlist give."""
+    from app.extensions import db
+
+    broke = make_user("broke@example.com")
+    _, no_credit = make_key(broke)
+    _, spend_limit = make_key(people.alice, "capped", spend_limit=1)
+    _, not_allowed = make_key(people.alice, "embeddings only", allowed_models=[EMBEDDING_MODEL])
+    row, rate_limited = make_key(people.alice, "slow")
+    row.requests_per_minute = 1
+    db.session.commit()
+    return {"no_credit": no_credit, "spend_limit": spend_limit, "not_allowed": not_allowed,
+            "rate_limited": rate_limited}
+
+
+REFUSALS = {"no_credit": (402, "insufficient_credits"), "spend_limit": (402, "spend_limit_reached"),
+            "not_allowed": (403, "model_not_allowed"), "rate_limited": (429, "rate_limit_exceeded")}
 
 
 @pytest.fixture(scope="session")
@@ -63,14 +83,15 @@ def chunk_errors(chunks: list[dict]) -> list:
     return [e for chunk in chunks for e in errors("CreateChatCompletionStreamResponse", chunk)]
 
 
-def test_the_node_sdk_runs_an_agent(served, node_openai):
+def test_the_node_sdk_runs_an_agent(served, node_openai, refusing):
     base, key = served
     node, folder = node_openai
     script = folder / AGENT_SCRIPT.name  # ES modules find "openai" in the node_modules beside them
     shutil.copyfile(AGENT_SCRIPT, script)
     done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OPENAI_BASE_URL": base, "OPENAI_API_KEY": key, "MODEL": MODEL,
-                                                    "EMBEDDING_MODEL": EMBEDDING_MODEL})
+                                                    "EMBEDDING_MODEL": EMBEDDING_MODEL,
+                                                    "REFUSED_KEYS": json.dumps(refusing)})
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     bodies = [out["chat"], out["text_parts"], out["named"], *out["required"], out["auto"], out["final"],
@@ -89,7 +110,7 @@ def test_the_node_sdk_runs_an_agent(served, node_openai):
     assert {name: (e["status"], e["code"]) for name, e in out["errors"].items()} == {
         "not_found": (404, "model_not_found"), "bad_key": (401, "invalid_api_key"),
         "image": (400, "unsupported_modality"), "too_long": (400, "context_length_exceeded"),
-        "unknown": (400, "unknown_parameter"), "endpoint": (404, "unsupported_endpoint")}
+        "unknown": (400, "unknown_parameter"), "endpoint": (404, "unsupported_endpoint"), **REFUSALS}
     assert errors("Response", out["response"]) == [] and out["response_text"]
     assert [item["type"] for item in out["response_tool"]["output"]] == ["function_call"]
     assert [e for event in out["response_events"] for e in errors("ResponseStreamEvent", event)] == []
@@ -97,11 +118,11 @@ def test_the_node_sdk_runs_an_agent(served, node_openai):
     assert errors("CreateEmbeddingResponse", out["embeddings"]) == []
     assert [len(d["embedding"]) for d in out["embeddings"]["data"]] == [384, 384]
     assert len(out["embeddings_default"]["data"][0]["embedding"]) == 384  # the SDK decoded base64
-    assert len(records()) == 17  # the answered requests: no error was billed
+    assert len(records()) == 18  # the answered requests (the slow key's first one too): no error was billed
     counts_agree()
 
 
-def test_langchain_chat_openai_runs_an_agent(served):
+def test_langchain_chat_openai_runs_an_agent(served, refusing):
     import openai
     from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
     from langchain_openai import ChatOpenAI, OpenAIEmbeddings
@@ -143,6 +164,11 @@ def test_langchain_chat_openai_runs_an_agent(served):
         ChatOpenAI(model="no/such-model", base_url=base, api_key=key, max_retries=0).invoke(ASK)
     with pytest.raises(openai.AuthenticationError):
         ChatOpenAI(model=MODEL, base_url=base, api_key="gpsk_wrong", max_retries=0).invoke(ASK)
+    ChatOpenAI(model=MODEL, base_url=base, api_key=refusing["rate_limited"], max_retries=0, max_tokens=1).invoke(ASK)
+    for name, (status, code) in REFUSALS.items():
+        with pytest.raises(openai.APIStatusError) as refused:
+            ChatOpenAI(model=MODEL, base_url=base, api_key=refusing[name], max_retries=0, max_tokens=5).invoke(ASK)
+        assert (refused.value.status_code, refused.value.code) == (status, code)
     counts_agree()
 
 
@@ -157,7 +183,7 @@ def litellm(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning",
                             "ignore::UserWarning")
-def test_litellm_runs_an_agent(served, litellm):
+def test_litellm_runs_an_agent(served, litellm, refusing):
     base, key = served
     model = f"openai/{MODEL}"
     common = {"model": model, "api_base": base, "api_key": key, "num_retries": 0}
@@ -187,6 +213,20 @@ def test_litellm_runs_an_agent(served, litellm):
     assert [len(v["embedding"]) for v in vectors.data] == [384, 384] and vectors.usage.prompt_tokens > 0
     response = litellm.responses(input=ASK, max_output_tokens=5, **common)
     assert response.output and response.usage.output_tokens > 0
+    required = litellm.completion(messages=asked, tools=[WEATHER], tool_choice="required", max_tokens=300, seed=0,
+                                  **common)
+    assert required.choices[0].finish_reason in ("tool_calls", "length")
+    verdict = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+               "required": ["answer"], "additionalProperties": False}
+    structured = litellm.completion(messages=asked, max_tokens=200, seed=4, response_format={
+        "type": "json_schema", "json_schema": {"name": "verdict", "schema": verdict, "strict": True}}, **common)
+    assert json.loads(structured.choices[0].message.content)["answer"] in ("yes", "no")
+    litellm.completion(messages=asked, max_tokens=1, **{**common, "api_key": refusing["rate_limited"]})
+    errors_by_status = {402: litellm.BadRequestError, 403: litellm.PermissionDeniedError,
+                        429: litellm.RateLimitError}
+    for name, (status, _) in REFUSALS.items():
+        with pytest.raises(errors_by_status.get(status, litellm.APIError)):
+            litellm.completion(messages=asked, max_tokens=5, **{**common, "api_key": refusing[name]})
     with pytest.raises(litellm.NotFoundError):
         litellm.completion(messages=asked, **{**common, "model": "openai/no/such-model"})
     with pytest.raises(litellm.BadRequestError):

@@ -67,6 +67,10 @@ out.embeddings = await client.embeddings.create({
   model: process.env.EMBEDDING_MODEL, input: ["Paris", "Rome is warm"], encoding_format: "float" });
 out.embeddings_default = await client.embeddings.create({ model: process.env.EMBEDDING_MODEL, input: "Oslo" });
 
+const refused = JSON.parse(process.env.REFUSED_KEYS);
+const as = (key) => new OpenAI({ apiKey: key, maxRetries: 0 });
+await as(refused.rate_limited).chat.completions.create({ model, messages: ask, max_tokens: 1 });
+
 out.errors = {
   not_found: await error(client.chat.completions.create({ model: "no/such-model", messages: ask })),
   bad_key: await error(new OpenAI({ apiKey: "gpsk_wrong", maxRetries: 0 }).models.list()),
@@ -76,4 +80,7 @@ out.errors = {
   unknown: await error(client.chat.completions.create({ model, messages: ask, upstream: "x" })),
   endpoint: await error(client.images.generate({ prompt: "a cat" })),
 };
+for (const name of ["no_credit", "spend_limit", "not_allowed", "rate_limited"]) {
+  out.errors[name] = await error(as(refused[name]).chat.completions.create({ model, messages: ask, max_tokens: 5 }));
+}
 console.log(JSON.stringify(out));
