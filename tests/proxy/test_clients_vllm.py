@@ -222,11 +222,11 @@ def test_litellm_runs_an_agent(served, litellm, refusing):
         "type": "json_schema", "json_schema": {"name": "verdict", "schema": verdict, "strict": True}}, **common)
     assert json.loads(structured.choices[0].message.content)["answer"] in ("yes", "no")
     litellm.completion(messages=asked, max_tokens=1, **{**common, "api_key": refusing["rate_limited"]})
-    errors_by_status = {402: litellm.BadRequestError, 403: litellm.PermissionDeniedError,
-                        429: litellm.RateLimitError}
+    errors_by_status = {402: litellm.APIError, 403: litellm.APIError, 429: litellm.RateLimitError}
     for name, (status, _) in REFUSALS.items():
-        with pytest.raises(errors_by_status.get(status, litellm.APIError)):
+        with pytest.raises(errors_by_status[status]) as refused:
             litellm.completion(messages=asked, max_tokens=5, **{**common, "api_key": refusing[name]})
+        assert refused.value.status_code == status
     with pytest.raises(litellm.NotFoundError):
         litellm.completion(messages=asked, **{**common, "model": "openai/no/such-model"})
     with pytest.raises(litellm.BadRequestError):
