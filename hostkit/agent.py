@@ -28,6 +28,7 @@ from hostkit.client import DEFAULT_STATE_DIR, HostkitError, Router
 from hostkit.local.engine import EngineError, parser_args, parser_settings, serve
 
 DEFAULT_INTERFACE = "gpushare0"
+FIREWALL_TABLE = "gpushare_host"
 SSH_PORT = 22
 # After the router is told to stop sending, its processes may still route for a couple of seconds
 # (they reload their routing tables every ROUTING_REFRESH_SECONDS, 2 by default).
@@ -188,7 +189,6 @@ class Agent:
                  authorized_keys: Path = diagnostics.AUTHORIZED_KEYS):
         self.router, self.engine, self.authorized_keys = router, engine, authorized_keys
         self.interface_name, self.heartbeat_seconds = interface, heartbeat_seconds
-        self.firewall_table = wireguard.host_table(interface, default=interface == DEFAULT_INTERFACE)
         self.stopping = threading.Event()
         self.overlay: dict | None = None
         self.state = "waiting"  # waiting, starting, running, draining, stopped, failed
@@ -216,8 +216,8 @@ class Agent:
         interface.set_peer(config["hub_public_key"], (str(ipaddress.ip_network(hub)),),
                            endpoint=config["hub_endpoint"], keepalive=config.get("keepalive"))
         wireguard.apply_rules(wireguard.host_rules(self.interface_name, config["address"], hub,
-                                                   (config["engine_port"], SSH_PORT), self.firewall_table),
-                              self.firewall_table)
+                                                   (config["engine_port"], SSH_PORT), FIREWALL_TABLE),
+                              FIREWALL_TABLE)
         if config.get("diagnostics_key"):
             diagnostics.install_platform_key(config["diagnostics_key"], hub, self.authorized_keys)
         log(f"overlay: {self.interface_name} ({how}) at {config['address']}, hub {hub} via {config['hub_endpoint']}")
@@ -330,7 +330,7 @@ class Agent:
         """Take the tunnel and its firewall down (at stop: a userspace tunnel would outlive the agent)."""
         if self.overlay is None or self.overlay.get("mode") == "loopback":
             return
-        wireguard.remove_rules(self.firewall_table)
+        wireguard.remove_rules(FIREWALL_TABLE)
         wireguard.Interface(self.interface_name).delete()
         self.overlay = None
 

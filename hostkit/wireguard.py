@@ -173,15 +173,6 @@ def hub_rules(interface: str, table: str = "gpushare_hub") -> str:
 """
 
 
-HOST_TABLE = "gpushare_host"
-
-
-def host_table(interface: str, *, default: bool) -> str:
-    """The nftables table of a host's rules: ``gpushare_host`` for the default interface, one per interface
-    otherwise, so that two agents on one machine (the demo's) keep separate rules."""
-    return HOST_TABLE if default else f"{HOST_TABLE}_{''.join(c if c.isalnum() else '_' for c in interface)}"
-
-
 def host_rules(interface: str, address: str, hub: str, ports: tuple[int, ...], table: str = "gpushare_host") -> str:
     """A host: its overlay address answers only the hub, on the engine's port (and SSH for diagnostics).
     Packets for the overlay address that arrive on any other interface (the underlay) are dropped: binding
