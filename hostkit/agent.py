@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hostkit import diagnostics, wireguard
 from hostkit.client import DEFAULT_STATE_DIR, HostkitError, Router
-from hostkit.local.engine import EngineError, parser_args, parser_settings, serve
+from hostkit.engine_flags import parser_args, parser_settings
 
 DEFAULT_INTERFACE = "gpushare0"
 FIREWALL_TABLE = "gpushare_host"
@@ -73,8 +73,9 @@ class ProcessEngine:
         self.engine = None
         self.model: str | None = None
 
-    def start(self, model: str, host: str, port: int, tool_call_parser: str | None = None,
-              reasoning_parser: str | None = None):
+    def start(self, model: str, host: str, port: int, **parsers):
+        """``parsers``: ``tool_call_parser`` and ``reasoning_parser`` (``engine_flags.parser_settings``)."""
+        from hostkit.local.engine import EngineError, serve
         from hostkit.local.groups import stop_leftover
         from hostkit.local.models import SERVED_NAMES
 
@@ -87,8 +88,7 @@ class ProcessEngine:
             log(f"stopped the engine a previous agent left running (process group {leftover})")
         try:
             self.engine = serve(local[model], self.data_dir, host=host, port=port, venv=self.venv,
-                                die_with_parent=True, pid_file=pid_file, tool_call_parser=tool_call_parser,
-                                reasoning_parser=reasoning_parser)
+                                die_with_parent=True, pid_file=pid_file, **parsers)
         except EngineError as error:
             raise HostkitError(f"the engine did not start: {error}") from None
         self.model = model
@@ -126,13 +126,12 @@ class DockerEngine:
         self.host = self.port = None
         self.max_model_len = None
 
-    def start(self, model: str, host: str, port: int, tool_call_parser: str | None = None,
-              reasoning_parser: str | None = None):
+    def start(self, model: str, host: str, port: int, **parsers):
         subprocess.run(["docker", "rm", "-f", self.container], capture_output=True)
         command = ["docker", "run", "--detach", "--name", self.container, "--gpus", "all", "--ipc", "host",
                    "--network", "host", "--volume", "/var/lib/hostkit/hf-cache:/root/.cache/huggingface",
                    self.image, "--model", model, "--served-model-name", model, "--host", host, "--port", str(port),
-                   *parser_args(tool_call_parser, reasoning_parser)]
+                   *parser_args(**parsers)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise HostkitError(f"docker run {self.image}: {done.stderr.strip()}")

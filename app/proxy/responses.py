@@ -271,14 +271,7 @@ class Presenter:
             delta = choice["delta"]
             if delta.get("content"):
                 if self.open is None or self.open["type"] != "message":
-                    events += self._close()
-                    self.open = self._message_item("", "in_progress")
-                    self.open["content"] = []
-                    events += self._added(self.open)
-                    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-                    self.open["content"].append(part)
-                    events.append(self._event("response.content_part.added", item_id=self.open["id"],
-                                              output_index=len(self.output) - 1, content_index=0, part=part))
+                    events += self._close() + self._open_message()
                 self.open["content"][0]["text"] += delta["content"]
                 events.append(self._event("response.output_text.delta", item_id=self.open["id"],
                                           output_index=len(self.output) - 1, content_index=0, delta=delta["content"],
@@ -300,6 +293,15 @@ class Presenter:
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return events
+
+    def _open_message(self) -> list[bytes]:
+        self.open = self._message_item("", "in_progress")
+        self.open["content"] = []
+        events = self._added(self.open)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        self.open["content"].append(part)
+        return events + [self._event("response.content_part.added", item_id=self.open["id"],
+                                     output_index=len(self.output) - 1, content_index=0, part=part)]
 
     def _added(self, item: dict) -> list[bytes]:
         self.output.append(item)
@@ -324,8 +326,10 @@ class Presenter:
         return events + [self._event("response.output_item.done", output_index=index, item=item)]
 
     def end(self, counted: dict) -> list[bytes]:
-        """The last events: open items done, then ``response.completed`` (or ``incomplete``) with usage."""
-        events = self._close()
+        """The last events: open items done, then ``response.completed`` (or ``incomplete``) with usage. An answer
+        with nothing in it is one empty message, as a whole response has."""
+        events = [] if self.output else self._open_message()
+        events += self._close()
         for item in self.output:
             if item["status"] == "in_progress":
                 item["status"] = "completed"

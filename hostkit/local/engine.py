@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from hostkit.engine_flags import parser_args
 from hostkit.local.groups import die_with_parent, end_group, process_group_alive, record_group
 from hostkit.local.models import MODELS, RUNNERS, SERVED_NAMES, TOOL_CALL_PARSERS, is_complete
 
@@ -67,28 +68,6 @@ def engine_python(venv: str | os.PathLike | None = None) -> Path:
 def venv_stamp() -> str:
     """What scripts/make-engine-venv.sh writes to the stamp: a hash of the requirements and of itself."""
     return hashlib.sha256(REQUIREMENTS.read_bytes() + MAKE_VENV_SCRIPT.read_bytes()).hexdigest()
-
-
-def parser_args(tool_call_parser: str | None, reasoning_parser: str | None) -> list[str]:
-    """vLLM's flags for a model's parsers: tool calling on (``tool_choice`` auto, required or a named function)
-    where the model has a tool-call parser, its reasoning split out where it has a reasoning parser."""
-    args = []
-    if tool_call_parser:
-        # Arguments follow each tool's JSON Schema, as if every tool were ``strict``: what an agent sends on to its
-        # function parses, whatever the model.
-        args += ["--enable-auto-tool-choice", "--tool-call-parser", tool_call_parser,
-                 "--tool-strict-level", "parameter"]
-    if reasoning_parser:
-        args += ["--reasoning-parser", reasoning_parser]
-    return args
-
-
-def parser_settings(settings) -> dict:
-    """A model's parser names as the router sends them (``{"tool_call_parser": ..., "reasoning_parser": ...}``),
-    as keyword arguments for ``Engine``: anything else is dropped."""
-    settings = settings if isinstance(settings, dict) else {}
-    return {name: settings.get(name) if isinstance(settings.get(name), str) else None
-            for name in ("tool_call_parser", "reasoning_parser")}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -94,7 +94,9 @@ def test_a_killed_web_worker_is_replaced_and_what_it_streamed_is_billed(world):
     print(f"\nserving again {took:.0f}s after a web worker was killed")
     broken = [o for o in outcomes if o.kind == "broken"]
     records = world.records([o.request_id for o in broken if o.request_id])
-    assert all(record.status == "router_died" for record in records.values()), records
+    # Settled by another process from the journal; or settled by the worker itself just before it was killed
+    # sending the stream's end (``check`` then finds every token the client got billed, and no more).
+    assert all(record.status in ("router_died", "ok") for record in records.values()), records
     world.check(outcomes, allowed={"answer", "broken"})
 
 
