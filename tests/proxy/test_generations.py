@@ -70,3 +70,21 @@ def test_a_response_stream_cut_by_its_host_ends_with_an_error_event(client, peop
     assert events[-1]["code"] == "host_failed" and [e["sequence_number"] for e in events] == list(range(len(events)))
     for event in events:
         assert errors("ResponseStreamEvent", event) == [], event["type"]
+
+
+def test_an_empty_response_stream_still_ends_with_its_message():
+    import json
+
+    from app.proxy.responses import Presenter
+
+    presenter = Presenter({"model": MODEL, "input": "hi"}, "resp_1", 1, MODEL)
+    raw = b"".join(presenter.start() + presenter.chunk(
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + presenter.end(
+        {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4, "cost": 0.0}))
+    events = [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == ""
+    for event in events:
+        assert errors("ResponseStreamEvent", event) == [], event["type"]
