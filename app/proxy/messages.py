@@ -15,15 +15,16 @@ import orjson
 
 from .errors import ApiError
 
-# What each role may carry (OpenAI's message types). ``refusal`` and ``function_call`` on an assistant message are
-# accepted and dropped: no chat template reads them.
+# What each role may carry (OpenAI's message types, and ``name`` on a tool result, which OpenAI's own examples long
+# sent). ``refusal``, ``function_call`` and ``annotations`` on an assistant message are accepted and dropped: no chat
+# template reads them. Any other field is refused, unless it is null (an SDK's dump of an earlier answer).
 ROLE_FIELDS = {
     "system": {"role", "content", "name"},
     "developer": {"role", "content", "name"},
     "user": {"role", "content", "name"},
-    "assistant": {"role", "content", "name", "tool_calls", "refusal", "function_call", "reasoning",
+    "assistant": {"role", "content", "name", "tool_calls", "refusal", "function_call", "annotations", "reasoning",
                   "reasoning_content"},
-    "tool": {"role", "content", "tool_call_id"},
+    "tool": {"role", "content", "tool_call_id", "name"},
     "function": {"role", "content", "name"},
 }
 # Content part types by role; any other part (an image, audio, a file) is a modality these models do not take.
@@ -116,7 +117,7 @@ def check_messages(messages, max_messages: int, model: str) -> list[dict]:
         role = message.get("role")
         if role not in ROLE_FIELDS:
             raise _bad(f"'{where}.role' must be one of {', '.join(sorted(ROLE_FIELDS))}.", f"{where}.role")
-        if unknown := sorted(set(message) - ROLE_FIELDS[role]):
+        if unknown := sorted(name for name in set(message) - ROLE_FIELDS[role] if message[name] is not None):
             if unknown[0] == "audio":
                 raise _bad(f"'{where}.audio' refers to an audio answer, but {model} accepts and answers text only.",
                            f"{where}.audio", "unsupported_modality")
@@ -135,7 +136,7 @@ def check_messages(messages, max_messages: int, model: str) -> list[dict]:
             raise _bad(f"'{where}.content' must be a string or an array of parts.", f"{where}.content",
                        "invalid_type")
         out["content"] = content
-        if "name" in message:
+        if message.get("name") is not None:
             name = message["name"]
             if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
                 raise _bad(f"'{where}.name' must be a string of 1 to {MAX_NAME} characters.", f"{where}.name")

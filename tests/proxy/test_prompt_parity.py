@@ -57,7 +57,7 @@ CASES = {
                                 {"role": "assistant", "content": None, "tool_calls": [CALL, {
                                     "id": "c2", "type": "function", "function": {"name": "noop", "arguments": ""}}]},
                                 {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "21"}]},
-                                {"role": "tool", "tool_call_id": "c2", "content": "done"},
+                                {"role": "tool", "tool_call_id": "c2", "content": "done", "name": "noop"},
                                 {"role": "assistant", "content": [{"type": "refusal", "refusal": "No more."}]},
                                 {"role": "user", "content": "Ok"}], "tools": TOOLS},
     "continue": {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi the"}],

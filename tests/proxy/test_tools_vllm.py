@@ -120,8 +120,9 @@ MESSAGE_SHAPES = {
                          "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
                         {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "21 C"}]},
-        {"role": "tool", "tool_call_id": "call_2", "content": "12:00"},
-        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot say more."}]},
+        {"role": "tool", "tool_call_id": "call_2", "content": "12:00", "name": "get_time"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot say more."}], "audio": None,
+         "function_call": None, "annotations": []},
         {"role": "user", "content": "Thanks!"}],
 }
 
