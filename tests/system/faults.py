@@ -216,6 +216,12 @@ class World:
                 continue
             assert record is not None, f"no usage record for {outcome}"
             expected = self.tokens(outcome.text) + (outcome.kind == "answer" and outcome.finish_reason == "stop")
+            if outcome.kind == "broken" and record.status == "ok":
+                # The process died after the request was settled, as it sent the stream's end: the client had every
+                # token of the answer, and its finish reason (the end-of-sequence token is billed, never text).
+                eos = {"stop": (1,), "length": (0,)}.get(outcome.finish_reason, (0, 1))
+                assert record.completion_tokens - self.tokens(outcome.text) in eos, (outcome, record)
+                continue
             if record.status == "router_died":
                 # Settled from the journal of a process killed mid-stream: every token the client received is
                 # billed; the piece the process was sending as it died may be billed too, never more than the
@@ -223,11 +229,6 @@ class World:
                 assert expected <= record.completion_tokens <= MAX_TOKENS, (outcome, record)
             else:
                 assert record.completion_tokens == expected, (outcome, record)
-            if outcome.kind == "broken" and record.status == "ok":
-                # The process died after the request was settled, as it sent the stream's last event: the client
-                # had every token of the answer (but its end-of-sequence, which is never text).
-                assert record.completion_tokens - self.tokens(outcome.text) in (0, 1), (outcome, record)
-                continue
             # Recorded as ok only if the client received the whole answer.
             assert (record.status == "ok") == (outcome.kind == "answer"), (outcome, record)
         refused = [o for o in outcomes if o.kind == "http_error" and o.request_id]
