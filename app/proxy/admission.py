@@ -7,6 +7,7 @@ a host or be honoured.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import orjson
 
@@ -71,10 +72,12 @@ VLLM_ONLY = set(VLLM_SAMPLING) | {"chat_template_kwargs", "add_generation_prompt
 TOOL_PARAMETERS = {"tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"}
 
 
-def supported_parameters(tools: bool) -> list[str]:
+@cache
+def supported_parameters(tools: bool) -> tuple[str, ...]:
     """OpenAI's chat parameters that have an effect on a model (OpenRouter's ``supported_parameters``)."""
-    return sorted(name for name, (how, _) in CHAT_PARAMETERS_TABLE.items()
-                  if how in (PASSED, HONOURED) and name not in VLLM_ONLY and (tools or name not in TOOL_PARAMETERS))
+    return tuple(sorted(name for name, (how, _) in CHAT_PARAMETERS_TABLE.items()
+                        if how in (PASSED, HONOURED) and name not in VLLM_ONLY
+                        and (tools or name not in TOOL_PARAMETERS)))
 COMPLETION_PARAMETERS = set(COMPLETION_PARAMETERS_TABLE)
 # Forwarded to the engine as they came (after their checks); the rest are rebuilt or set by the router.
 FORWARDED = {"chat": {name for name, (how, _) in CHAT_PARAMETERS_TABLE.items() if how == PASSED},
@@ -103,8 +106,9 @@ class CompletionRequest:
     n: int
     messages: list[dict] | None = None  # rebuilt (chat)
     tools: list[dict] | None = None  # rebuilt (chat)
+    inputs: list | None = None  # one per vector: strings or token ids (embeddings)
     sticky: str | None = None  # the key that keeps a client's requests on one host
-    functions: bool = False  # the deprecated ``functions``: tool calls are answered as ``function_call``
+    functions: bool = False  # the deprecated ``functions`` (``tools`` holds them): calls answered as ``function_call``
     responses: dict | None = None  # a Responses API request (``responses.to_chat`` made this one of it)
 
     @property
@@ -119,8 +123,8 @@ class CompletionRequest:
             body["messages"] = self.messages
             if self.tools:
                 body["tools"] = self.tools
-            if self.functions:
-                body.update(_functions_as_tools(self.body))
+            if self.functions and (choice := _function_call_as_tool_choice(self.body)) is not None:
+                body["tool_choice"] = choice
         else:
             body["prompt"] = self.body["prompt"]
         return body
@@ -129,8 +133,7 @@ class CompletionRequest:
         """The prompt as the engine renders and counts it, with the model's ``tokenizer`` (``metering``)."""
         if self.endpoint == "chat":
             body = self.body
-            tools = self.tools or (_functions_as_tools(body)["tools"] if self.functions else None)
-            count = tokenizer.count_chat(self.messages, tools,
+            count = tokenizer.count_chat(self.messages, self.tools,
                                          add_generation_prompt=body.get("add_generation_prompt", True),
                                          continue_final_message=bool(body.get("continue_final_message")),
                                          template_kwargs=body.get("chat_template_kwargs"),
@@ -142,17 +145,12 @@ class CompletionRequest:
         return min(count, truncate) if isinstance(truncate, int) and truncate > 0 else count
 
 
-def _functions_as_tools(body: dict) -> dict:
-    """The deprecated ``functions`` and ``function_call`` as ``tools`` and ``tool_choice``."""
-    sent = {"tools": [{"type": "function", "function": {"name": f["name"], "description": f.get("description"),
-                                                        "parameters": f.get("parameters")}}
-                      for f in body["functions"]]}
+def _function_call_as_tool_choice(body: dict):
+    """The deprecated ``function_call`` as ``tool_choice`` (None: the engine's default)."""
     choice = body.get("function_call")
     if isinstance(choice, dict):
-        sent["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
-    elif choice in ("none", "auto"):
-        sent["tool_choice"] = choice
-    return sent
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice if choice in ("none", "auto") else None
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -239,25 +237,26 @@ def _sticky_key(body: dict) -> str | None:
     return None
 
 
-def _check_functions(body: dict) -> bool:
-    """The deprecated ``functions``/``function_call``, checked as the ``tools`` they become."""
+def _check_functions(body: dict) -> list[dict] | None:
+    """The deprecated ``functions``/``function_call``, checked; returns the ``tools`` they become (None: none)."""
     functions = body.get("functions")
     if functions is None:
         if body.get("function_call") is not None:
             raise _bad("'function_call' needs 'functions'.", "function_call")
-        return False
+        return None
     if body.get("tools") is not None:
         raise _bad("Send 'tools' or the deprecated 'functions', not both.", "functions")
     if not isinstance(functions, list) or not all(isinstance(f, dict) for f in functions):
         raise _bad("'functions' must be an array of function definitions.", "functions", "invalid_type")
-    messages.check_tools([{"type": "function", "function": f} for f in functions])
+    tools = messages.check_tools([{"type": "function", "function": f} for f in functions])
     choice = body.get("function_call")
     if isinstance(choice, dict):
         if not any(f.get("name") == choice.get("name") for f in functions):
             raise _bad("'function_call' names a function that is not in 'functions'.", "function_call")
     elif choice not in (None, "none", "auto"):
         raise _bad("'function_call' must be 'none', 'auto' or {\"name\": ...}.", "function_call")
-    return True
+    # Sent as plain function tools: a ``strict`` on a deprecated function is checked, not passed on.
+    return [{**tool, "function": {k: v for k, v in tool["function"].items() if k != "strict"}} for tool in tools]
 
 
 def _check_stream_options(options, stream: bool) -> bool:
@@ -277,7 +276,11 @@ def _check_stream_options(options, stream: bool) -> bool:
 
 def parse(raw: bytes, endpoint: str, *, max_messages: int, max_choices: int) -> CompletionRequest:
     """Validate a request body; raise ApiError(400) with the parameter at fault."""
-    body = parse_json(raw)
+    return check(parse_json(raw), endpoint, max_messages=max_messages, max_choices=max_choices)
+
+
+def check(body: dict, endpoint: str, *, max_messages: int, max_choices: int) -> CompletionRequest:
+    """``parse`` for a body already read as JSON (a Responses request, translated)."""
     allowed = CHAT_PARAMETERS if endpoint == "chat" else COMPLETION_PARAMETERS
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -307,7 +310,8 @@ def parse(raw: bytes, endpoint: str, *, max_messages: int, max_choices: int) -> 
         if body.get("parallel_tool_calls") is not None:
             _boolean(body, "parallel_tool_calls")
         messages.check_template_kwargs(body.get("chat_template_kwargs"))
-        functions = _check_functions(body)
+        if (legacy := _check_functions(body)) is not None:
+            tools, functions = legacy, True
     else:
         if "prompt" not in body:
             raise _bad("You must provide a prompt parameter.", "prompt", "missing_required_parameter")

@@ -11,9 +11,9 @@ import orjson
 
 from ..echo import shown
 from . import admission
-from .errors import ApiError
+from .admission import HONOURED, PASSED
+from .errors import ApiError, invalid
 
-PASSED, HONOURED = "passed", "honoured"
 PARAMETERS_TABLE = {
     "model": (HONOURED, "an embedding model (the catalog's kind); its price and its hosts"),
     "input": (HONOURED, "a string, an array of strings, or token ids; each counted with the model's tokenizer"),
@@ -21,48 +21,46 @@ PARAMETERS_TABLE = {
     "dimensions": (PASSED, "to the engine, for models that can shorten their vectors"),
     "user": (HONOURED, "sticky routing, as on chat"),
 }
+SUPPORTED_PARAMETERS = tuple(sorted(PARAMETERS_TABLE))
 MAX_INPUTS = 2048  # OpenAI's own limit
 MAX_INPUT_CHARACTERS = 1_000_000  # all inputs together, before any tokenizer sees them
 
-
-def _bad(message: str, param: str, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, param=param, code=code)
 
 
 def check(body: dict) -> list:
     """The inputs, one per item: strings, or lists of token ids. Raises ApiError(400) naming the field."""
     if unknown := sorted(set(body) - set(PARAMETERS_TABLE)):
-        raise _bad(f"Unrecognized request argument supplied: {shown(unknown[0], 64)}", shown(unknown[0], 64),
-                   "unknown_parameter")
+        raise invalid(f"Unrecognized request argument supplied: {shown(unknown[0], 64)}", shown(unknown[0], 64),
+                      "unknown_parameter")
     value = body.get("input")
     if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(i, int) for i in value)):
         inputs = [value]
     elif isinstance(value, list) and value:
         inputs = value
     else:
-        raise _bad("'input' must be a string, an array of strings, or token ids.", "input",
-                   "missing_required_parameter" if value is None else "invalid_type")
+        raise invalid("'input' must be a string, an array of strings, or token ids.", "input",
+                      "missing_required_parameter" if value is None else "invalid_type")
     if len(inputs) > MAX_INPUTS:
-        raise _bad(f"'input' has {len(inputs)} items; at most {MAX_INPUTS} are allowed.", "input",
-                   "array_above_max_length")
+        raise invalid(f"'input' has {len(inputs)} items; at most {MAX_INPUTS} are allowed.", "input",
+                      "array_above_max_length")
     for i, item in enumerate(inputs):
         if isinstance(item, str):
             if not item:
-                raise _bad(f"'input[{i}]' is empty.", f"input[{i}]")
+                raise invalid(f"'input[{i}]' is empty.", f"input[{i}]")
         elif not (isinstance(item, list) and item and all(
                 isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in item)):
-            raise _bad(f"'input[{i}]' must be a non-empty string or array of token ids.", f"input[{i}]",
-                       "invalid_type")
+            raise invalid(f"'input[{i}]' must be a non-empty string or array of token ids.", f"input[{i}]",
+                          "invalid_type")
     if sum(len(item) for item in inputs) > MAX_INPUT_CHARACTERS:
-        raise _bad(f"'input' is longer than {MAX_INPUT_CHARACTERS} characters in all.", "input")
+        raise invalid(f"'input' is longer than {MAX_INPUT_CHARACTERS} characters in all.", "input")
     if body.get("encoding_format") not in (None, "float", "base64"):
-        raise _bad("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+        raise invalid("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     dimensions = body.get("dimensions")
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
                                    or not 1 <= dimensions <= 65536):
-        raise _bad("'dimensions' must be a whole number from 1 to 65536.", "dimensions")
+        raise invalid("'dimensions' must be a whole number from 1 to 65536.", "dimensions")
     if body.get("user") is not None and (not isinstance(body["user"], str) or len(body["user"]) > 512):
-        raise _bad("'user' must be a string of at most 512 characters.", "user")
+        raise invalid("'user' must be a string of at most 512 characters.", "user")
     return inputs
 
 
@@ -72,17 +70,15 @@ def parse(raw: bytes) -> admission.CompletionRequest:
     body = admission.parse_json(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > admission.MAX_MODEL_NAME:
-        raise _bad("You must provide a model parameter.", "model", "missing_required_parameter")
-    check(body)
+        raise invalid("You must provide a model parameter.", "model", "missing_required_parameter")
     return admission.CompletionRequest(endpoint="embeddings", body=body, model=model, stream=False,
-                                       include_usage=False, max_tokens=1, n=1,
+                                       include_usage=False, max_tokens=1, n=1, inputs=check(body),
                                        sticky=f"user:{body['user']}" if body.get("user") else None)
 
 
-def count(tokenizer, body: dict, context_length: int) -> list[int]:
-    """Each input's tokens, as the engine counts them (special tokens included); an input longer than the model's
-    context is refused, as the engine would refuse it."""
-    inputs = check(body)
+def count(tokenizer, inputs: list, context_length: int) -> list[int]:
+    """Each input's tokens (``check``'s), as the engine counts them (special tokens included); an input longer than
+    the model's context is refused, as the engine would refuse it."""
     counts = [len(item) if isinstance(item, list) else tokenizer.count_prompt(item) for item in inputs]
     for i, tokens in enumerate(counts):
         if tokens > context_length:

@@ -27,6 +27,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def invalid(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
+    """A 400 for a request body, naming the parameter at fault and why, in OpenAI's codes."""
+    return ApiError(400, message, param=param, code=code)
+
+
 def openai_error(status: int, message: str, *, code: str | None = None, param: str | None = None,
                  headers: dict | None = None):
     body = {"error": {"message": message, "type": ERROR_TYPES.get(status, "api_error"), "param": param,

@@ -273,15 +273,15 @@ def admit(endpoint: str) -> Call:
     """Everything before a host is chosen; raises ApiError with the status a client should see."""
     gw = gateway()
     key: KeyInfo = g.api_key
-    raw, responses_body = request.get_data(cache=False), None
+    raw, limits = request.get_data(cache=False), {"max_messages": gw.max_messages, "max_choices": gw.max_choices}
     if endpoint == "responses":  # the Responses API rides the chat path (``responses``)
         responses_body = admission.parse_json(raw)
-        raw, endpoint = orjson.dumps(responses.to_chat(responses_body)), "chat"
-    if endpoint == "embeddings":
+        req = admission.check(responses.to_chat(responses_body), "chat", **limits)
+        req.responses = responses_body
+    elif endpoint == "embeddings":
         req = embeddings.parse(raw)
     else:
-        req = admission.parse(raw, endpoint, max_messages=gw.max_messages, max_choices=gw.max_choices)
-    req.responses = responses_body
+        req = admission.parse(raw, endpoint, **limits)
     offer = gw.routing.model(req.model)
     if offer is None:
         raise ApiError(404, f"The model '{shown(req.model)}' does not exist or you do not have access to "
@@ -298,7 +298,7 @@ def admit(endpoint: str) -> Call:
         raise ApiError(400, f"'{offer.hf_id}' is {'an embedding' if offer.kind == 'embedding' else 'a chat'} model: "
                             f"call {right}.", param="model", code="unsupported_endpoint")
     if req.endpoint == "embeddings":
-        counts = embeddings.count(gw.meter.for_model(offer.hf_id), req.body, offer.context_length)
+        counts = embeddings.count(gw.meter.for_model(offer.hf_id), req.inputs, offer.context_length)
         prompt_tokens, fits = sum(counts), max(counts)
     else:
         prompt_tokens = _count_prompt(req, gw.meter.for_model(offer.hf_id))

@@ -13,7 +13,7 @@ import copy
 
 import orjson
 
-from .errors import ApiError
+from .errors import invalid
 
 # What each role may carry (OpenAI's message types, and ``name`` on a tool result, which OpenAI's own examples long
 # sent). ``refusal``, ``function_call`` and ``annotations`` on an assistant message are accepted and dropped: no chat
@@ -44,14 +44,20 @@ RESERVED_TEMPLATE_KWARGS = {"messages", "tools", "documents", "add_generation_pr
                             "continue_final_message", "tokenize", "return_dict", "conversation"}
 
 
-def _bad(message: str, param: str, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, param=param, code=code)
+
+def _array(value, param: str, maximum: int, shape: str) -> None:
+    """``value`` is a non-empty list of at most ``maximum`` items (``shape`` says what it must be)."""
+    if not isinstance(value, list) or not value:
+        raise invalid(f"'{param}' must be {shape}.", param, "invalid_type")
+    if len(value) > maximum:
+        raise invalid(f"'{param}' has {len(value)} items; at most {maximum} are allowed.", param,
+                      "array_above_max_length")
 
 
 def _function_name(value, param: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_TOOL_NAME or not all(
             c.isascii() and (c.isalnum() or c in "_-.") for c in value):
-        raise _bad(f"'{param}' must be 1 to {MAX_TOOL_NAME} letters, digits, '_', '-' or '.'.", param)
+        raise invalid(f"'{param}' must be 1 to {MAX_TOOL_NAME} letters, digits, '_', '-' or '.'.", param)
     return value
 
 
@@ -63,38 +69,38 @@ def _text_parts(content, param: str, allowed: set[str], model: str) -> list[dict
             parts.append({"type": "text", "text": part})
             continue
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise _bad(f"'{where}' must be an object with a 'type'.", where, "invalid_type")
+            raise invalid(f"'{where}' must be an object with a 'type'.", where, "invalid_type")
         kind = part["type"]
         if kind in MEDIA_PARTS:
-            raise _bad(f"'{where}' is {MEDIA_PARTS[kind]} ('{kind}'), but {model} accepts text only: send content "
-                       "as a string or as parts of type 'text'.", f"{where}.type", "unsupported_modality")
+            raise invalid(f"'{where}' is {MEDIA_PARTS[kind]} ('{kind}'), but {model} accepts text only: send content "
+                          "as a string or as parts of type 'text'.", f"{where}.type", "unsupported_modality")
         if kind not in allowed:
-            raise _bad(f"'{where}.type' must be one of {', '.join(sorted(allowed))}.", f"{where}.type")
+            raise invalid(f"'{where}.type' must be one of {', '.join(sorted(allowed))}.", f"{where}.type")
         field = "refusal" if kind == "refusal" else "text"
         if set(part) - {"type", field, "cache_control"}:
             extra = sorted(set(part) - {"type", field, "cache_control"})[0]
-            raise _bad(f"Unrecognized field '{where}.{extra}'.", f"{where}.{extra}", "unknown_parameter")
+            raise invalid(f"Unrecognized field '{where}.{extra}'.", f"{where}.{extra}", "unknown_parameter")
         if not isinstance(part.get(field), str):
-            raise _bad(f"'{where}.{field}' must be a string.", f"{where}.{field}", "invalid_type")
+            raise invalid(f"'{where}.{field}' must be a string.", f"{where}.{field}", "invalid_type")
         parts.append({"type": kind, field: part[field]})
     return parts
 
 
 def _tool_calls(calls, param: str) -> list[dict]:
     if not isinstance(calls, list) or len(calls) > MAX_TOOLS:
-        raise _bad(f"'{param}' must be an array of at most {MAX_TOOLS} tool calls.", param, "invalid_type")
+        raise invalid(f"'{param}' must be an array of at most {MAX_TOOLS} tool calls.", param, "invalid_type")
     rebuilt = []
     for k, call in enumerate(calls):
         where = f"{param}[{k}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or call.get("type", "function") != "function":
-            raise _bad(f"'{where}' must be an object with type 'function' and a 'function'.", where)
+            raise invalid(f"'{where}' must be an object with type 'function' and a 'function'.", where)
         if not isinstance(call.get("id"), str):
-            raise _bad(f"'{where}.id' must be a string.", f"{where}.id", "invalid_type")
+            raise invalid(f"'{where}.id' must be a string.", f"{where}.id", "invalid_type")
         arguments = function.get("arguments", "")
         if not isinstance(arguments, str):
-            raise _bad(f"'{where}.function.arguments' must be a string of JSON.", f"{where}.function.arguments",
-                       "invalid_type")
+            raise invalid(f"'{where}.function.arguments' must be a string of JSON.", f"{where}.function.arguments",
+                          "invalid_type")
         rebuilt.append({"id": call["id"], "type": "function",
                         "function": {"name": _function_name(function.get("name"), f"{where}.function.name"),
                                      "arguments": arguments}})
@@ -104,25 +110,21 @@ def _tool_calls(calls, param: str) -> list[dict]:
 def check_messages(messages, max_messages: int, model: str) -> list[dict]:
     """The messages rebuilt from what the client sent: known fields only, text content only. Raises ApiError(400)
     naming the field at fault."""
-    if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' must be a non-empty array.", "messages", "invalid_type")
-    if len(messages) > max_messages:
-        raise _bad(f"'messages' has {len(messages)} items; at most {max_messages} are allowed.", "messages",
-                   "array_above_max_length")
+    _array(messages, "messages", max_messages, "a non-empty array")
     rebuilt = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise _bad(f"'{where}' must be an object.", where, "invalid_type")
+            raise invalid(f"'{where}' must be an object.", where, "invalid_type")
         role = message.get("role")
         if role not in ROLE_FIELDS:
-            raise _bad(f"'{where}.role' must be one of {', '.join(sorted(ROLE_FIELDS))}.", f"{where}.role")
+            raise invalid(f"'{where}.role' must be one of {', '.join(sorted(ROLE_FIELDS))}.", f"{where}.role")
         if unknown := sorted(name for name in set(message) - ROLE_FIELDS[role] if message[name] is not None):
             if unknown[0] == "audio":
-                raise _bad(f"'{where}.audio' refers to an audio answer, but {model} accepts and answers text only.",
-                           f"{where}.audio", "unsupported_modality")
-            raise _bad(f"Unrecognized field '{where}.{unknown[0]}' in a {role} message.", f"{where}.{unknown[0]}",
-                       "unknown_parameter")
+                raise invalid(f"'{where}.audio' refers to an audio answer, but {model} accepts and answers text only.",
+                              f"{where}.audio", "unsupported_modality")
+            raise invalid(f"Unrecognized field '{where}.{unknown[0]}' in a {role} message.", f"{where}.{unknown[0]}",
+                          "unknown_parameter")
         out: dict = {"role": role}
         content = message.get("content")
         if isinstance(content, list):
@@ -130,16 +132,16 @@ def check_messages(messages, max_messages: int, model: str) -> list[dict]:
                                   model)
         elif content is None:
             if role != "assistant":
-                raise _bad(f"'{where}.content' is required for a {role} message.", f"{where}.content",
-                           "missing_required_parameter")
+                raise invalid(f"'{where}.content' is required for a {role} message.", f"{where}.content",
+                              "missing_required_parameter")
         elif not isinstance(content, str):
-            raise _bad(f"'{where}.content' must be a string or an array of parts.", f"{where}.content",
-                       "invalid_type")
+            raise invalid(f"'{where}.content' must be a string or an array of parts.", f"{where}.content",
+                          "invalid_type")
         out["content"] = content
         if message.get("name") is not None:
             name = message["name"]
             if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
-                raise _bad(f"'{where}.name' must be a string of 1 to {MAX_NAME} characters.", f"{where}.name")
+                raise invalid(f"'{where}.name' must be a string of 1 to {MAX_NAME} characters.", f"{where}.name")
             out["name"] = name
         if role == "assistant":
             if message.get("tool_calls") is not None:
@@ -147,12 +149,12 @@ def check_messages(messages, max_messages: int, model: str) -> list[dict]:
             reasoning = message.get("reasoning", message.get("reasoning_content"))
             if reasoning is not None:
                 if not isinstance(reasoning, str):
-                    raise _bad(f"'{where}.reasoning' must be a string.", f"{where}.reasoning", "invalid_type")
+                    raise invalid(f"'{where}.reasoning' must be a string.", f"{where}.reasoning", "invalid_type")
                 out["reasoning"] = reasoning
         if role == "tool":
             if not isinstance(message.get("tool_call_id"), str):
-                raise _bad(f"'{where}.tool_call_id' must be the id of the tool call this answers.",
-                           f"{where}.tool_call_id", "missing_required_parameter")
+                raise invalid(f"'{where}.tool_call_id' must be the id of the tool call this answers.",
+                              f"{where}.tool_call_id", "missing_required_parameter")
             out["tool_call_id"] = message["tool_call_id"]
         rebuilt.append(out)
     return rebuilt
@@ -162,33 +164,29 @@ def check_tools(tools) -> list[dict] | None:
     """At most ``MAX_TOOLS`` function tools, each a bounded definition with a plain name, rebuilt."""
     if tools is None:
         return None
-    if not isinstance(tools, list) or not tools:
-        raise _bad("'tools' must be a non-empty array of tools.", "tools", "invalid_type")
-    if len(tools) > MAX_TOOLS:
-        raise _bad(f"'tools' has {len(tools)} items; at most {MAX_TOOLS} are allowed.", "tools",
-                   "array_above_max_length")
+    _array(tools, "tools", MAX_TOOLS, "a non-empty array of tools")
     rebuilt = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(tool, dict) and tool.get("type") not in (None, "function"):
-            raise _bad(f"'{where}.type' is '{str(tool.get('type'))[:40]}'; only 'function' tools are served.",
-                       f"{where}.type", "unsupported_value")
+            raise invalid(f"'{where}.type' is '{str(tool.get('type'))[:40]}'; only 'function' tools are served.",
+                          f"{where}.type", "unsupported_value")
         if not isinstance(function, dict):
-            raise _bad(f"'{where}' must be an object with type 'function' and a 'function'.", where)
+            raise invalid(f"'{where}' must be an object with type 'function' and a 'function'.", where)
         if unknown := sorted(set(tool) - TOOL_FIELDS) or sorted(set(function) - FUNCTION_FIELDS):
-            raise _bad(f"Unrecognized field '{unknown[0]}' in '{where}'.", where, "unknown_parameter")
+            raise invalid(f"Unrecognized field '{unknown[0]}' in '{where}'.", where, "unknown_parameter")
         if len(orjson.dumps(tool)) > MAX_TOOL_BYTES:
-            raise _bad(f"'{where}' is larger than {MAX_TOOL_BYTES // 1024} KiB.", where)
+            raise invalid(f"'{where}' is larger than {MAX_TOOL_BYTES // 1024} KiB.", where)
         description, parameters, strict = (function.get(k) for k in ("description", "parameters", "strict"))
         if description is not None and not isinstance(description, str):
-            raise _bad(f"'{where}.function.description' must be a string.", f"{where}.function.description",
-                       "invalid_type")
+            raise invalid(f"'{where}.function.description' must be a string.", f"{where}.function.description",
+                          "invalid_type")
         if parameters is not None and not isinstance(parameters, dict):
-            raise _bad(f"'{where}.function.parameters' must be a JSON Schema object.", f"{where}.function.parameters",
-                       "invalid_type")
+            raise invalid(f"'{where}.function.parameters' must be a JSON Schema object.",
+                          f"{where}.function.parameters", "invalid_type")
         if strict is not None and not isinstance(strict, bool):
-            raise _bad(f"'{where}.function.strict' must be a boolean.", f"{where}.function.strict", "invalid_type")
+            raise invalid(f"'{where}.function.strict' must be a boolean.", f"{where}.function.strict", "invalid_type")
         # The shape vLLM renders (its FunctionDefinition dumped): description and parameters always, strict if set.
         rebuilt_function = {"name": _function_name(function.get("name"), f"{where}.function.name"),
                             "description": description, "parameters": parameters}
@@ -202,15 +200,15 @@ def check_tool_choice(choice, tools: list[dict] | None):
     """``none``, ``auto``, ``required`` or one named function of ``tools``."""
     if choice is None or choice in TOOL_CHOICES:
         if choice in ("auto", "required") and not tools:
-            raise _bad(f"'tool_choice' is '{choice}', but no 'tools' were given.", "tool_choice")
+            raise invalid(f"'tool_choice' is '{choice}', but no 'tools' were given.", "tool_choice")
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
         if not any(tool["function"]["name"] == name for tool in tools or ()):
-            raise _bad("'tool_choice' names a function that is not in 'tools'.", "tool_choice.function.name")
+            raise invalid("'tool_choice' names a function that is not in 'tools'.", "tool_choice.function.name")
         return {"type": "function", "function": {"name": name}}
-    raise _bad("'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": "
-               "{\"name\": ...}}.", "tool_choice", "unsupported_value")
+    raise invalid("'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": "
+                  "{\"name\": ...}}.", "tool_choice", "unsupported_value")
 
 
 def check_template_kwargs(kwargs) -> dict | None:
@@ -220,8 +218,8 @@ def check_template_kwargs(kwargs) -> dict | None:
     if not isinstance(kwargs, dict) or len(kwargs) > 16 or any(
             not isinstance(k, str) or k in RESERVED_TEMPLATE_KWARGS or not isinstance(v, (str, int, float, bool))
             for k, v in kwargs.items()):
-        raise _bad("'chat_template_kwargs' must be an object of at most 16 plain values (strings, numbers, "
-                   "booleans), and may not set the template's own arguments.", "chat_template_kwargs")
+        raise invalid("'chat_template_kwargs' must be an object of at most 16 plain values (strings, numbers, "
+                      "booleans), and may not set the template's own arguments.", "chat_template_kwargs")
     return kwargs
 
 

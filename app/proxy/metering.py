@@ -97,7 +97,6 @@ class ModelTokenizer:
     special_tokens: dict[str, str] = field(default_factory=dict)
     string_content: bool = True  # the template takes content as a string (text parts joined), not a list
     developer_role: bool = False  # the template knows the developer role (else it becomes system)
-    template_source: str = ""
 
     def count_text(self, text: str) -> int:
         if not text:
@@ -132,8 +131,10 @@ class ModelTokenizer:
         engine's tool-call parser reformats them, so whitespace is not compared) and little else: the syntax
         around each tool call, a stop string and the end-of-sequence token. What it holds is counted by
         encoding it again, so the host's id list is never taken for the count itself."""
-        if self.tokenizer is None or not isinstance(token_ids, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.vocabulary for i in token_ids):
+        if self.tokenizer is None or not isinstance(token_ids, list):
+            return None
+        vocabulary = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocabulary for i in token_ids):
             return None
         try:
             raw = self.decode(token_ids)
@@ -151,10 +152,6 @@ class ModelTokenizer:
         if len(rest) > TOOL_CALL_SCAFFOLD * tool_calls + len(_squeezed(stop or "")) + GENERATION_SLACK:
             return None
         return self.count_text(raw)
-
-    @property
-    def vocabulary(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True) if self.tokenizer else 0
 
     def count_chat(self, messages: list[dict], tools: list | None = None, *, add_generation_prompt: bool = True,
                    continue_final_message: bool = False, template_kwargs: dict | None = None,
@@ -286,5 +283,4 @@ class Meter:
                               special_tokens={name: _special(config, name) for name in SPECIAL_TOKEN_NAMES
                                               if config.get(name)},
                               string_content=not _iterates_content(self._jinja.parse(template)),
-                              developer_role="'developer'" in template or '"developer"' in template,
-                              template_source=template)
+                              developer_role="'developer'" in template or '"developer"' in template)

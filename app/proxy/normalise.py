@@ -176,17 +176,3 @@ def legacy_functions(answer: dict, functions: bool) -> None:
 def usage_chunk(endpoint: str, *, response_id: str, created: int, model: str, counted: dict) -> dict:
     return {"id": response_id, "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
             "created": created, "model": model, "choices": [], "usage": counted}
-
-
-def texts_of_response(endpoint: str, upstream_choices: list[dict]) -> list[str]:
-    """The generated text of each choice of a normalised response, tool call arguments included."""
-    texts = []
-    for choice in upstream_choices:
-        if endpoint == "chat":
-            message = choice["message"]
-            parts = [message.get("content") or ""]
-            parts += [c["function"].get("arguments", "") for c in message.get("tool_calls", [])]
-            texts.append("".join(parts))
-        else:
-            texts.append(choice["text"])
-    return texts

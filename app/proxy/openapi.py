@@ -91,8 +91,10 @@ def known() -> dict[str, dict]:
     }
 
 
-def _request(parameters: set[str], required: list[str]) -> dict:
-    types = known()
+def _request(parameters, required: list[str], types: dict | None = None) -> dict:
+    """A request body of exactly ``parameters``, typed as ``types`` says (by default, as chat's and completions'
+    are: ``known()``)."""
+    types = known() if types is None else types
     return {"type": "object", "required": required, "additionalProperties": False,
             "properties": {name: types.get(name, {}) for name in sorted(parameters)}}
 
@@ -165,21 +167,15 @@ EMBEDDING_LIST = {
                   "properties": {"prompt_tokens": INTEGER, "total_tokens": INTEGER, "cost": {"type": "number"}}},
     },
 }
-EMBEDDING_REQUEST = {
-    "type": "object", "required": ["model", "input"], "additionalProperties": False,
-    "properties": {name: {} for name in sorted(embeddings.PARAMETERS_TABLE)} | {
-        "model": {"type": "string", "minLength": 1, "maxLength": admission.MAX_MODEL_NAME},
-        "input": {"anyOf": [{"type": "string", "minLength": 1},
-                            {"type": "array", "minItems": 1, "maxItems": embeddings.MAX_INPUTS}]},
-        "encoding_format": {"enum": ["float", "base64", None]}},
-}
-RESPONSE_REQUEST = {
-    "type": "object", "required": ["model", "input"], "additionalProperties": False,
-    "properties": {name: {} for name in sorted(responses.PARAMETERS)} | {
-        "model": {"type": "string", "minLength": 1, "maxLength": admission.MAX_MODEL_NAME},
-        "input": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]},
-        "stream": BOOLEAN, "max_output_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 10_000_000}},
-}
+MODEL_NAME = {"type": "string", "minLength": 1, "maxLength": admission.MAX_MODEL_NAME}
+EMBEDDING_REQUEST = _request(embeddings.PARAMETERS_TABLE, ["model", "input"], {
+    "model": MODEL_NAME, "encoding_format": {"enum": ["float", "base64", None]},
+    "input": {"anyOf": [{"type": "string", "minLength": 1},
+                        {"type": "array", "minItems": 1, "maxItems": embeddings.MAX_INPUTS}]}})
+RESPONSE_REQUEST = _request(responses.PARAMETERS, ["model", "input"], {
+    "model": MODEL_NAME, "stream": BOOLEAN,
+    "input": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]},
+    "max_output_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 10_000_000}})
 GENERATION = {
     "type": "object",
     "required": ["id", "object", "created", "model", "endpoint", "status", "usage", "host_usage", "latency_ms"],

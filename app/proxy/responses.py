@@ -16,9 +16,9 @@ import uuid
 import orjson
 
 from ..echo import shown
-from .errors import ApiError
+from .admission import HONOURED, IGNORED, PASSED, REFUSED
+from .errors import invalid
 
-PASSED, HONOURED, IGNORED, REFUSED = "passed", "honoured", "ignored", "refused"
 PARAMETERS_TABLE = {
     "model": (HONOURED, "picks the offer, its price and its hosts"),
     "input": (HONOURED, "a string, or message, function_call and function_call_output items (text only)"),
@@ -60,23 +60,20 @@ ROLES = ("user", "system", "developer", "assistant")
 OMITTED_WHEN_NONE = {"user", "max_output_tokens", "completed_at", "previous_response_id", "usage"}
 
 
-def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, param=param, code=code)
-
 
 def _parts(content, where: str) -> list[dict] | str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _bad(f"'{where}' must be a string or an array of content parts.", where, "invalid_type")
+        raise invalid(f"'{where}' must be a string or an array of content parts.", where, "invalid_type")
     parts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in MEDIA_PARTS:
-            raise _bad(f"'{where}[{j}]' is {MEDIA_PARTS[kind]} ('{kind}'), but the models here accept text only: send "
-                       "parts of type 'input_text'.", f"{where}[{j}].type", "unsupported_modality")
+            raise invalid(f"'{where}[{j}]' is {MEDIA_PARTS[kind]} ('{kind}'), but the models here accept text only: "
+                          "send parts of type 'input_text'.", f"{where}[{j}].type", "unsupported_modality")
         if kind not in INPUT_PARTS or not isinstance(part.get(INPUT_PARTS[kind]), str):
-            raise _bad(f"'{where}[{j}]' must be an 'input_text' part with a 'text'.", f"{where}[{j}]")
+            raise invalid(f"'{where}[{j}]' must be an 'input_text' part with a 'text'.", f"{where}[{j}]")
         field = INPUT_PARTS[kind]
         parts.append({"type": "refusal" if kind == "refusal" else "text", field: part[field]})
     return parts
@@ -87,21 +84,21 @@ def _messages(body: dict) -> list[dict]:
     messages: list[dict] = []
     if body.get("instructions") is not None:
         if not isinstance(body["instructions"], str):
-            raise _bad("'instructions' must be a string.", "instructions", "invalid_type")
+            raise invalid("'instructions' must be a string.", "instructions", "invalid_type")
         messages.append({"role": "system", "content": body["instructions"]})
     items = body.get("input")
     if isinstance(items, str):
         return messages + [{"role": "user", "content": items}]
     if not isinstance(items, list) or not items:
-        raise _bad("'input' must be a string or a non-empty array of items.", "input", "missing_required_parameter")
+        raise invalid("'input' must be a string or a non-empty array of items.", "input", "missing_required_parameter")
     for i, item in enumerate(items):
         where = f"input[{i}]"
         if not isinstance(item, dict):
-            raise _bad(f"'{where}' must be an object.", where, "invalid_type")
+            raise invalid(f"'{where}' must be an object.", where, "invalid_type")
         kind = item.get("type", "message")
         if kind == "message":
             if item.get("role") not in ROLES:
-                raise _bad(f"'{where}.role' must be one of {', '.join(ROLES)}.", f"{where}.role")
+                raise invalid(f"'{where}.role' must be one of {', '.join(ROLES)}.", f"{where}.role")
             messages.append({"role": item["role"], "content": _parts(item.get("content"), f"{where}.content")})
         elif kind == "function_call":
             call = {"id": item.get("call_id"), "type": "function",
@@ -118,8 +115,8 @@ def _messages(body: dict) -> list[dict]:
         elif kind == "reasoning":
             continue  # an earlier answer's reasoning: the chat templates here take none back
         else:
-            raise _bad(f"'{where}.type' is '{shown(str(kind), 40)}'; the items served are message, function_call "
-                       "and function_call_output.", f"{where}.type", "unsupported_value")
+            raise invalid(f"'{where}.type' is '{shown(str(kind), 40)}'; the items served are message, function_call "
+                          "and function_call_output.", f"{where}.type", "unsupported_value")
     return messages
 
 
@@ -127,13 +124,13 @@ def _tools(tools) -> list[dict] | None:
     if tools is None:
         return None
     if not isinstance(tools, list):
-        raise _bad("'tools' must be an array of tools.", "tools", "invalid_type")
+        raise invalid("'tools' must be an array of tools.", "tools", "invalid_type")
     chat = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else None
-            raise _bad(f"'tools[{i}].type' is '{shown(str(kind), 40)}'; only 'function' tools are served.",
-                       f"tools[{i}].type", "unsupported_value")
+            raise invalid(f"'tools[{i}].type' is '{shown(str(kind), 40)}'; only 'function' tools are served.",
+                          f"tools[{i}].type", "unsupported_value")
         chat.append({"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}})
     return chat
 
@@ -151,7 +148,7 @@ def _response_format(text) -> dict | None:
     if fmt is None:
         return None
     if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise _bad("'text.format.type' must be text, json_object or json_schema.", "text.format")
+        raise invalid("'text.format.type' must be text, json_object or json_schema.", "text.format")
     if fmt["type"] == "json_schema":
         return {"type": "json_schema", "json_schema": {k: fmt[k] for k in ("name", "schema", "strict", "description")
                                                         if k in fmt}}
@@ -161,11 +158,11 @@ def _response_format(text) -> dict | None:
 def to_chat(body: dict) -> dict:
     """The chat completion request a Responses request stands for (raises ApiError(400) naming the field)."""
     if unknown := sorted(set(body) - PARAMETERS):
-        raise _bad(f"Unrecognized request argument supplied: {shown(unknown[0], 64)}", shown(unknown[0], 64),
-                   "unknown_parameter")
+        raise invalid(f"Unrecognized request argument supplied: {shown(unknown[0], 64)}", shown(unknown[0], 64),
+                      "unknown_parameter")
     for name, (how, why) in PARAMETERS_TABLE.items():
         if how == REFUSED and body.get(name) not in (None, False):
-            raise _bad(f"'{name}' is not supported: {why}.", name, "unsupported_parameter")
+            raise invalid(f"'{name}' is not supported: {why}.", name, "unsupported_parameter")
     chat = {"model": body.get("model"), "messages": _messages(body)}
     for name in ("temperature", "top_p", "parallel_tool_calls", "stream", "user", "safety_identifier",
                  "prompt_cache_key", "metadata"):

@@ -69,7 +69,7 @@ def _model_object(offer) -> dict:
               "reference_input": offer.reference_input_price, "reference_output": offer.reference_output_price}
     return {"id": offer.hf_id, "object": "model", "created": offer.created, "owned_by": OWNED_BY,
             "context_length": offer.context_length, "kind": offer.kind,
-            "supported_parameters": sorted(embeddings.PARAMETERS_TABLE) if offer.kind == "embedding"
+            "supported_parameters": embeddings.SUPPORTED_PARAMETERS if offer.kind == "embedding"
             else admission.supported_parameters(offer.tools),
             "pricing": {"currency": "USD"} | {f"{name}_per_million_tokens": format_usd(micro)[1:]
                                               for name, micro in prices.items()}}
