@@ -50,12 +50,18 @@ def seed_command() -> None:
 
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+@click.option("--queue", "queues", multiple=True, help="A queue to work (repeatable; default: every queue).")
 @with_appcontext
-def worker_command(burst: bool) -> None:
+def worker_command(burst: bool, queues: tuple[str, ...]) -> None:
     """Run an RQ worker; each job runs in a fresh app context."""
     from rq import SimpleWorker
 
     import jobs
+
+    unknown = sorted(set(queues) - set(jobs.QUEUES))
+    if unknown:
+        raise click.BadParameter(f"no queue {unknown[0]!r}; the queues are {', '.join(jobs.QUEUES)}",
+                                 param_hint="--queue")
 
     app = current_app._get_current_object()
 
@@ -64,7 +70,7 @@ def worker_command(burst: bool) -> None:
             with app.app_context():
                 return super().perform_job(job, queue)
 
-    worker = AppWorker([jobs.queue(name) for name in jobs.QUEUES], connection=app.extensions["redis"])
+    worker = AppWorker([jobs.queue(name) for name in queues or jobs.QUEUES], connection=app.extensions["redis"])
     worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
 
 
@@ -78,7 +84,7 @@ def scheduler_command() -> None:
 
     scheduler = CronScheduler(connection=current_app.extensions["redis"], name="gpushare")
     for job in jobs.periodic():
-        scheduler.register(job.func, jobs.DEFAULT_QUEUE, interval=job.every_seconds,
+        scheduler.register(job.func, job.queue, interval=job.every_seconds,
                            job_timeout=job.timeout_seconds, result_ttl=600)
     scheduler.start()
 

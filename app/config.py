@@ -231,6 +231,24 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         "HEALTH_CHECK_SECONDS": env_int(env, "HEALTH_CHECK_SECONDS", 30, minimum=1, maximum=3600),
         "HEALTH_FAILURES_TO_UNHEALTHY": env_int(env, "HEALTH_FAILURES_TO_UNHEALTHY", 2, minimum=1),
         "HEALTH_SUCCESSES_TO_HEALTHY": env_int(env, "HEALTH_SUCCESSES_TO_HEALTHY", 2, minimum=1),
+        # Verification (app/trust, jobs/verification.py): the share of client requests whose answers are checked
+        # (in basis points), the mean gap between canaries to a host (each gap is drawn between half and one and a
+        # half times it; a staged host, or one that just failed a check, is checked sooner), the passes that verify a
+        # staged host, the honest canaries a calibration measures, the greedy checks the slow test averages over,
+        # how often hardware is benchmarked again, and the verifier's credit line for the canaries it pays for.
+        "VERIFY_SAMPLE_BPS": env_int(env, "VERIFY_SAMPLE_BPS", 100, minimum=0, maximum=10_000),
+        "VERIFY_CANARY_SECONDS": env_int(env, "VERIFY_CANARY_SECONDS", 60, minimum=1, maximum=86_400),
+        "VERIFY_STAGED_CANARY_SECONDS": env_int(env, "VERIFY_STAGED_CANARY_SECONDS", 5, minimum=1, maximum=3600),
+        "VERIFY_STAGED_PASSES": env_int(env, "VERIFY_STAGED_PASSES", 3, minimum=1, maximum=100),
+        "VERIFY_CALIBRATION_CHECKS": env_int(env, "VERIFY_CALIBRATION_CHECKS", 40, minimum=8, maximum=10_000),
+        "VERIFY_WINDOW": env_int(env, "VERIFY_WINDOW", 16, minimum=2, maximum=1000),
+        "VERIFY_BENCHMARK_HOURS": env_int(env, "VERIFY_BENCHMARK_HOURS", 24, minimum=1, maximum=24 * 90),
+        "VERIFY_CREDIT_USD": env_int(env, "VERIFY_CREDIT_USD", 1000, minimum=1, maximum=1_000_000),
+        # Reputation (app/trust/reputation.py): requests a host serves before its uptime counts, and the uptime below
+        # which it is degraded to a fallback.
+        "REPUTATION_MIN_REQUESTS": env_int(env, "REPUTATION_MIN_REQUESTS", 100, minimum=1),
+        "REPUTATION_DEGRADED_UPTIME_BPS": env_int(env, "REPUTATION_DEGRADED_UPTIME_BPS", 8000, minimum=0,
+                                                  maximum=10_000),
         # Pricing (app/catalog/pricing.py, jobs/pricing.py): how often prices move, the largest move, and the capacity
         # assumed for a host whose heartbeat has not measured more.
         "PRICING_INTERVAL_SECONDS": env_int(env, "PRICING_INTERVAL_SECONDS", 60, minimum=60, maximum=3600),

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -177,6 +178,8 @@ class CatalogModel(db.Model):
     # vLLM's names for the parsers that turn this model's text into tool calls and reasoning (None: it has none).
     tool_call_parser: Mapped[str | None] = mapped_column(String(40))
     reasoning_parser: Mapped[str | None] = mapped_column(String(40))
+    # Weights, in millions: what a GPU must read per generated token, for the hardware check (``trust.hardware``).
+    parameters_millions: Mapped[int] = mapped_column(Integer, default=1000, server_default="1000")
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow,
                                                  server_default=func.now())
@@ -187,6 +190,7 @@ class CatalogModel(db.Model):
         CheckConstraint("tool_call_parser ~ '^[a-z0-9_]{1,40}$'", name="tool_call_parser_name"),
         CheckConstraint("reasoning_parser ~ '^[a-z0-9_]{1,40}$'", name="reasoning_parser_name"),
         CheckConstraint("min_vram_mib >= 0", name="min_vram_not_negative"),
+        CheckConstraint("parameters_millions > 0", name="parameters_positive"),
         CheckConstraint("0 <= floor_input_price AND floor_input_price <= ceiling_input_price "
                         "AND ceiling_input_price < reference_input_price", name="input_price_bounds"),
         CheckConstraint("0 <= floor_output_price AND floor_output_price <= ceiling_output_price "
@@ -203,6 +207,9 @@ class Host(db.Model):
     __tablename__ = "hosts"
 
     STATUSES = ("pending", "approved", "rejected", "suspended")
+    # What verification says of it (``app.trust``): checked before any client traffic, trusted, a fallback only,
+    # or cut off with its earnings held.
+    TRUST_STATES = ("staged", "verified", "degraded", "quarantined")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -233,6 +240,12 @@ class Host(db.Model):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     # The host's last known WireGuard endpoint, kept so a peer re-added on the hub is reachable at once.
     wg_endpoint: Mapped[str | None] = mapped_column(String(120))
+    trust_state: Mapped[str] = mapped_column(String(16), default="staged", server_default="staged")
+    trust_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    trust_changed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # A platform-run engine in full precision that checks the others; it takes no client traffic.
+    reference: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    next_canary_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     owner: Mapped[User] = relationship()
     offers: Mapped[list[HostModel]] = relationship(back_populates="host", cascade="all, delete-orphan")
@@ -240,6 +253,7 @@ class Host(db.Model):
     __table_args__ = (
         CheckConstraint(one_of("status", STATUSES), name="status_known"),
         CheckConstraint("engine_port IS NULL OR engine_port BETWEEN 1 AND 65535", name="engine_port_valid"),
+        CheckConstraint(one_of("trust_state", TRUST_STATES), name="trust_state_known"),
     )
 
 
@@ -543,3 +557,83 @@ class Payout(db.Model):
               postgresql_where=text("status IN ('pending', 'needs_attention')")),
         Index("ix_payouts_user_created", "user_id", text("created_at DESC")),
     )
+
+
+class VerificationCheck(db.Model):
+    """One spot check of a host: its answer's tokens replayed through a reference engine (``app.trust``)."""
+
+    __tablename__ = "verification_checks"
+
+    KINDS = ("canary", "traffic", "calibration")
+    OUTCOMES = ("passed", "failed", "inconclusive")
+    TESTS = ("greedy", "sampled", "violation")
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    reference_host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    test: Mapped[str | None] = mapped_column(String(16))
+    statistic: Mapped[float | None] = mapped_column(Double)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the host's tokens checked
+    cost_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # tokens the check spent
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    evidence: Mapped[dict] = mapped_column(JSONB, default=dict, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    host: Mapped[Host] = relationship(foreign_keys=[host_id])
+    model: Mapped[CatalogModel] = relationship()
+
+    __table_args__ = (
+        CheckConstraint(one_of("kind", KINDS), name="kind_known"),
+        CheckConstraint(one_of("outcome", OUTCOMES), name="outcome_known"),
+        CheckConstraint(one_of("test", TESTS), name="test_known"),
+        CheckConstraint("tokens >= 0 AND cost_tokens >= 0", name="tokens_not_negative"),
+        Index("ix_verification_checks_host_created", "host_id", text("created_at DESC")),
+    )
+
+
+class Calibration(db.Model):
+    """A model's honest noise, measured by canaries on an engine an admin vouches for against the reference;
+    the thresholds the checks of that model use until the next calibration."""
+
+    __tablename__ = "calibrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    reference_host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+    # Per test ("greedy", "sampled", "window"): {"samples", "mean", "sd", "max", "threshold"}.
+    thresholds: Mapped[dict] = mapped_column(JSONB, default=dict, server_default="{}")
+    statistics: Mapped[dict] = mapped_column(JSONB, default=dict, server_default="{}")  # test -> measured values
+
+    model: Mapped[CatalogModel] = relationship()
+    host: Mapped[Host | None] = relationship(foreign_keys=[host_id])
+
+    __table_args__ = (Index("ix_calibrations_model_created", "model_id", text("created_at DESC")),)
+
+
+class HostBenchmark(db.Model):
+    """A throughput run at several concurrencies, against what the GPU the host reported should do."""
+
+    __tablename__ = "host_benchmarks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    gpu: Mapped[str] = mapped_column(String(120))  # the GPU class it was held to, as reported
+    passed: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # [{"concurrency", "tokens_per_second", "expected_min", "expected_max"}]
+    results: Mapped[list] = mapped_column(JSONB, default=list, server_default="[]")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, server_default=func.now())
+
+    host: Mapped[Host] = relationship()
+    model: Mapped[CatalogModel] = relationship()
+
+    __table_args__ = (Index("ix_host_benchmarks_host_created", "host_id", text("created_at DESC")),)

@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from hostkit import diagnostics, wireguard
 from hostkit.client import DEFAULT_STATE_DIR, HostkitError, Router
-from hostkit.engine_flags import parser_args, parser_settings
+from hostkit.engine_flags import parser_settings
+from hostkit.engines import engine_metrics, log, pick_engine
 
 DEFAULT_INTERFACE = "gpushare0"
 FIREWALL_TABLE = "gpushare_host"
@@ -39,148 +36,10 @@ DRAIN_TIMEOUT_SECONDS = 600
 ENGINE_BACKOFF_SECONDS = 5
 ENGINE_MAX_BACKOFF_SECONDS = 300
 ENGINE_STABLE_SECONDS = 300
-VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"  # the vLLM of hostkit/requirements-engine.txt
-
-
-def log(message: str) -> None:
-    print(f"hostkit agent: {message}", file=sys.stderr, flush=True)
-
-
-def engine_metrics(root_url: str) -> dict[str, float]:
-    """vLLM's Prometheus gauges and counters that the agent reports and drains on."""
-    try:
-        with urllib.request.urlopen(f"{root_url}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
-        return {}
-    wanted = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
-              "vllm:generation_tokens_total": "generated"}
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in wanted:
-            values[wanted[name]] = values.get(wanted[name], 0.0) + float(line.rsplit(" ", 1)[1])
-    return values
-
-
-class ProcessEngine:
-    """vLLM as a process on this machine (no Docker): the CPU build for the models hostkit can build locally."""
-
-    kind = "process"
-
-    def __init__(self, data_dir: Path, venv: str | None):
-        self.data_dir, self.venv = data_dir, venv
-        self.engine = None
-        self.model: str | None = None
-
-    def start(self, model: str, host: str, port: int, **parsers):
-        """``parsers``: ``tool_call_parser`` and ``reasoning_parser`` (``engine_flags.parser_settings``)."""
-        from hostkit.local.engine import EngineError, serve
-        from hostkit.local.groups import stop_leftover
-        from hostkit.local.models import SERVED_NAMES
-
-        local = {served: name for name, served in SERVED_NAMES.items()}
-        if model not in local:
-            raise HostkitError(f"{model} needs a GPU engine (Docker with the NVIDIA runtime); without Docker this "
-                               f"machine serves {', '.join(local)} only")
-        pid_file = self.data_dir / "engine.pid"
-        if (leftover := stop_leftover(pid_file)) is not None:
-            log(f"stopped the engine a previous agent left running (process group {leftover})")
-        try:
-            self.engine = serve(local[model], self.data_dir, host=host, port=port, venv=self.venv,
-                                die_with_parent=True, pid_file=pid_file, **parsers)
-        except EngineError as error:
-            raise HostkitError(f"the engine did not start: {error}") from None
-        self.model = model
-
-    @property
-    def root_url(self) -> str:
-        return self.engine.root_url
-
-    @property
-    def max_model_len(self) -> int | None:
-        return self.engine.max_model_len if self.engine else None
-
-    def alive(self) -> bool:
-        return self.engine is not None and self.engine.alive()
-
-    def exit_status(self) -> int | None:
-        process = self.engine.process if self.engine else None
-        return process.poll() if process else None
-
-    def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-        self.engine, self.model = None, None
-
-
-class DockerEngine:
-    """vLLM's own image on a GPU host, with the NVIDIA runtime, listening on the overlay address only."""
-
-    kind = "docker"
-    container = "gpushare-engine"
-
-    def __init__(self, image: str, ready_timeout: float = 1800):
-        self.image, self.ready_timeout = image, ready_timeout
-        self.model: str | None = None
-        self.host = self.port = None
-        self.max_model_len = None
-
-    def start(self, model: str, host: str, port: int, **parsers):
-        subprocess.run(["docker", "rm", "-f", self.container], capture_output=True)
-        command = ["docker", "run", "--detach", "--name", self.container, "--gpus", "all", "--ipc", "host",
-                   "--network", "host", "--volume", "/var/lib/hostkit/hf-cache:/root/.cache/huggingface",
-                   self.image, "--model", model, "--served-model-name", model, "--host", host, "--port", str(port),
-                   *parser_args(**parsers)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise HostkitError(f"docker run {self.image}: {done.stderr.strip()}")
-        self.model, self.host, self.port = model, host, port
-        try:
-            self._wait_ready()
-        except BaseException:  # not ready, or the agent is stopping: the container goes
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise HostkitError(f"the engine container exited; see `docker logs {self.container}`")
-            try:
-                with urllib.request.urlopen(f"{self.root_url}/v1/models", timeout=5):
-                    return
-            except (urllib.error.URLError, OSError):
-                time.sleep(2)
-        raise HostkitError(f"the engine was not ready after {self.ready_timeout:.0f}s")
-
-    @property
-    def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def alive(self) -> bool:
-        done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self.container],
-                              capture_output=True, text=True)
-        return done.returncode == 0 and done.stdout.strip() == "true"
-
-    def exit_status(self) -> int | None:
-        done = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", self.container],
-                              capture_output=True, text=True)
-        return int(done.stdout) if done.returncode == 0 and done.stdout.strip().lstrip("-").isdigit() else None
-
-    def stop(self) -> None:
-        subprocess.run(["docker", "stop", "--time", "30", self.container], capture_output=True)
-        subprocess.run(["docker", "rm", "-f", self.container], capture_output=True)
-        self.model = None
-
-
-def pick_engine(kind: str, data_dir: Path, venv: str | None):
-    if kind == "auto":
-        docker = shutil.which("docker") is not None and subprocess.run(
-            ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True
-        ).stdout.find("nvidia") >= 0
-        kind = "docker" if docker else "process"
-    return DockerEngine(VLLM_IMAGE) if kind == "docker" else ProcessEngine(data_dir, venv)
+# Reasons not to serve clients for which the engine still runs: it must pass a health check, staged hosts are
+# checked before any client traffic, and a reference engine checks other hosts.
+ENGINE_RUNS_FOR = ("unhealthy", "staged", "reference")
+ENGINE_DTYPES = ("float32",)  # what the router may ask an engine to run in (a reference's full precision)
 
 
 class Agent:
@@ -225,8 +84,9 @@ class Agent:
     # The engine ----------------------------------------------------------------------------------------------
     def wanted_model(self, host: dict) -> str | None:
         """The model to serve now, or None when this host should not serve: the router's answer decides. An engine
-        waiting for its first passing health check runs, to pass it."""
-        run = host["serving"] or (host.get("reason") or {}).get("code") == "unhealthy"
+        runs while it waits for its first passing health check (to pass it), while staged (verification checks it
+        before any client traffic), and on a reference host (it checks the others)."""
+        run = host["serving"] or (host.get("reason") or {}).get("code") in ENGINE_RUNS_FOR
         return host["models"][0] if run and host["models"] else None
 
     def drain_and_stop(self) -> None:
@@ -246,7 +106,12 @@ class Agent:
 
     def follow(self, host: dict) -> None:
         model = self.wanted_model(host)
+        dtype = host.get("engine_dtype") if host.get("engine_dtype") in ENGINE_DTYPES else None
         running = self.engine.model if self.engine.alive() else None
+        if running is not None and model == running and dtype != self.engine.dtype:
+            log(f"stopping {running}: it is to run with dtype {dtype or 'auto'}")
+            self.drain_and_stop()
+            running = None
         if model == running:
             if model is None and self.state not in ("failed",):
                 self.state = "stopped" if host["status"] == "approved" else "waiting"
@@ -262,7 +127,7 @@ class Agent:
         self.heartbeat_quietly()
         log(f"starting the engine: {model} on {self.overlay['address']}:{self.overlay['engine_port']}")
         try:
-            self.engine.start(model, self.overlay["address"], self.overlay["engine_port"],
+            self.engine.start(model, self.overlay["address"], self.overlay["engine_port"], dtype=dtype,
                               **parser_settings((host.get("parsers") or {}).get(model)))
         except HostkitError as error:
             self.engine_failed(str(error))

@@ -30,7 +30,10 @@ def _run(command, prog: str, argv) -> int:
 
 def _serving(host: dict) -> str:
     """Whether the router sends this host requests now, and if not, the first reason why: the router's own answer."""
-    return "serving" if host["serving"] else f"not serving: {host['reason']['message']}"
+    if not host["serving"]:
+        return f"not serving: {host['reason']['message']}"
+    degraded = (host.get("trust") or {}).get("state") == "degraded"
+    return "serving as a fallback (its reputation is degraded)" if degraded else "serving"
 
 
 def _describe(host: dict) -> str:

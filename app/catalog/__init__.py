@@ -20,7 +20,7 @@ EDITABLE_FIELDS = (
     "display_name", "license_name", "license_url", "attribution", "context_length", "min_vram_mib",
     "reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
     "ceiling_input_price", "ceiling_output_price", "input_price", "output_price", "enabled",
-    "kind", "tool_call_parser", "reasoning_parser",
+    "kind", "tool_call_parser", "reasoning_parser", "parameters_millions",
 )
 
 
@@ -29,13 +29,16 @@ class CatalogError(ValueError):
 
 
 def entry(hf_id, display_name, license_name, license_url, attribution, context_length, min_vram_mib,
-          reference, ceiling, floor, price, *, kind="chat", tool_call_parser=None, reasoning_parser=None) -> dict:
+          reference, ceiling, floor, price, *, parameters_millions, kind="chat", tool_call_parser=None,
+          reasoning_parser=None) -> dict:
     """A catalog row from prices in dollars per million tokens: (input, output) for each of the reference, the
     ceiling, the floor and the current price. The parsers are vLLM's names (``--tool-call-parser``,
-    ``--reasoning-parser``); a model without a tool-call parser is served without tools."""
+    ``--reasoning-parser``); a model without a tool-call parser is served without tools. ``parameters_millions``:
+    the weights one generated token reads (the hardware check's yardstick)."""
     return dict(hf_id=hf_id, display_name=display_name, license_name=license_name, license_url=license_url,
                 attribution=attribution, context_length=context_length, min_vram_mib=min_vram_mib,
                 kind=kind, tool_call_parser=tool_call_parser, reasoning_parser=reasoning_parser,
+                parameters_millions=parameters_millions,
                 reference_input_price=usd(reference[0]), reference_output_price=usd(reference[1]),
                 ceiling_input_price=usd(ceiling[0]), ceiling_output_price=usd(ceiling[1]),
                 floor_input_price=usd(floor[0]), floor_output_price=usd(floor[1]),
@@ -52,23 +55,28 @@ SEED_MODELS = [
     entry("meta-llama/Llama-3.1-8B-Instruct", "Llama 3.1 8B Instruct", "Llama 3.1 Community License",
           LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
           "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 18432,
-          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.05", "0.08"), tool_call_parser="llama3_json"),
+          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.05", "0.08"), parameters_millions=8030,
+          tool_call_parser="llama3_json"),
     entry("meta-llama/Llama-3.1-70B-Instruct", "Llama 3.1 70B Instruct", "Llama 3.1 Community License",
           LLAMA_LICENSE, "Built with Llama. Llama 3.1 is licensed under the Llama 3.1 Community License, "
           "Copyright © Meta Platforms, Inc. All Rights Reserved.", 131072, 147456,
-          LARGE_REFERENCE, ("1.00", "2.00"), ("0.25", "0.35"), ("0.52", "0.75"), tool_call_parser="llama3_json"),
+          LARGE_REFERENCE, ("1.00", "2.00"), ("0.25", "0.35"), ("0.52", "0.75"), parameters_millions=70554,
+          tool_call_parser="llama3_json"),
     entry("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct", *APACHE,
           "Mistral 7B Instruct v0.3 by Mistral AI.", 32768, 16384,
-          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.06"), tool_call_parser="mistral"),
+          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.06"), parameters_millions=7248,
+          tool_call_parser="mistral"),
     entry("mistralai/Mixtral-8x7B-Instruct-v0.1", "Mixtral 8x7B Instruct", *APACHE,
           "Mixtral 8x7B Instruct v0.1 by Mistral AI.", 32768, 98304,
-          LARGE_REFERENCE, ("0.60", "0.90"), ("0.15", "0.20"), ("0.30", "0.45"), tool_call_parser="mistral"),
+          LARGE_REFERENCE, ("0.60", "0.90"), ("0.15", "0.20"), ("0.30", "0.45"), parameters_millions=12879,
+          tool_call_parser="mistral"),
     entry("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct", *APACHE,
           "Qwen2.5 7B Instruct by the Qwen team, Alibaba Cloud.", 32768, 18432,
-          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.08"), tool_call_parser="hermes"),
+          SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.04", "0.08"), parameters_millions=7616,
+          tool_call_parser="hermes"),
     entry("google/gemma-2-9b-it", "Gemma 2 9B it", "Gemma Terms of Use", "https://ai.google.dev/gemma/terms",
           "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.",
-          8192, 20480, SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.06", "0.09")),
+          8192, 20480, SMALL_REFERENCE, ("0.10", "0.40"), ("0.02", "0.04"), ("0.06", "0.09"), parameters_millions=9242),
 ]
 
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from app import accounts, catalog, hosts
+from app import accounts, catalog, hosts, trust
 from app.accounts import api_keys
 from app.config import read_env_file
 from app.extensions import db
-from app.models import Host, User
+from app.models import Host, User, VerificationCheck
 from app.money import connect, ledger
+from app.trust import checks, verifier
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_TEST_MODEL = "gpushare/tiny-chat"
@@ -28,20 +30,24 @@ MODELS = [
     catalog.entry(DEMO_MODEL, "SmolLM2 135M Instruct", *catalog.APACHE,
                   "SmolLM2 by Hugging Face. Small enough to serve on a CPU.", 8192, 0,
                   catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01"),
-                  tool_call_parser="hermes"),
+                  parameters_millions=135, tool_call_parser="hermes"),
     catalog.entry(TINY_TEST_MODEL, "gpushare tiny chat (test)", *catalog.APACHE,
                   "A tiny randomly initialised model built by gpushare's test suite; its output is noise.",
                   2048, 0, catalog.SMALL_REFERENCE, ("0.02", "0.04"), ("0.001", "0.002"), ("0.005", "0.01"),
-                  tool_call_parser="hermes"),
+                  parameters_millions=1, tool_call_parser="hermes"),
     catalog.entry(DEMO_EMBEDDING_MODEL, "all-MiniLM-L6-v2 (embeddings)", *catalog.APACHE,
                   "all-MiniLM-L6-v2 by the Sentence Transformers team.", 256, 0, ("0.02", "0.02"), ("0.01", "0"),
-                  ("0.001", "0"), ("0.005", "0"), kind="embedding"),
+                  ("0.001", "0"), ("0.005", "0"), parameters_millions=23, kind="embedding"),
 ]
 
 DEMO_ADMIN_EMAIL = "admin@gpushare.localhost"
 DEMO_HOST_EMAIL = "host@gpushare.localhost"
 DEMO_HOST_NAME = "demo host"
 DEMO_EMBEDDINGS_HOST_NAME = "demo embeddings host"
+DEMO_REFERENCE_HOST_NAME = "demo reference engine"
+# Fewer honest canaries than an admin's calibration takes (VERIFY_CALIBRATION_CHECKS), so the demo starts sooner;
+# calibrate again from the Trust page for thresholds measured on more.
+DEMO_CALIBRATION_CHECKS = 16
 DEMO_CLIENT_EMAIL = "demo@gpushare.localhost"
 DEMO_KEY_NAME = "demo"
 DEMO_CREDITS = 5_000_000  # $5
@@ -134,10 +140,13 @@ def enroll_demo_host(state_dir: Path, register, name: str = DEMO_HOST_NAME) -> H
     return host
 
 
-def approve_demo_host(host: Host, model_id: str, model_dir: Path, tokenizers_dir: Path) -> Host:
+def approve_demo_host(host: Host, model_id: str, model_dir: Path, tokenizers_dir: Path, *,
+                      reference: bool = False, trusted: bool = False) -> Host:
     """Approve the demo host as the seeded admin, offer ``model_id`` on it, and let the router count tokens
     with the model's own tokenizer files. A host approved by an earlier run on another overlay network (the
-    run's slot changed) gets an address in this one."""
+    run's slot changed) gets an address in this one. A ``reference`` (a platform-run host that serves the model
+    in float32 and checks the others) is marked so before its agent starts, so that its engine starts in
+    float32; a ``trusted`` host (a run without a reference engine) is taken as verified."""
     admin = accounts.find_user(DEMO_ADMIN_EMAIL)
     network = ipaddress.ip_network(current_app.config["OVERLAY_NETWORK"])
     if host.overlay_address is not None and ipaddress.ip_address(str(host.overlay_address)) not in network:
@@ -163,6 +172,11 @@ def approve_demo_host(host: Host, model_id: str, model_dir: Path, tokenizers_dir
     if link.is_symlink() or link.exists():
         link.unlink()
     link.symlink_to(model_dir, target_is_directory=True)
+    if reference:
+        host = trust.set_reference(admin, host.id, True)
+    elif trusted:
+        trust.set_state(host.id, "verified", "the demo's own host: make run without a reference engine",
+                        old=("staged",), actor=admin)
     return host
 
 
@@ -213,3 +227,55 @@ def banner(info: Demo, env_path: Path, public: str, model: str | None) -> str:
         "Press Ctrl-C to stop.",
         "",
     ])
+
+
+def calibrate(host_id: int) -> bool:
+    """Queue the demo model's calibration against the demo host, as the seeded admin; a calibration kept from an
+    earlier run is used again. Returns whether one was queued."""
+    from jobs.queues import VERIFY_QUEUE, enqueue
+
+    model = verifier.chat_model(db.session.get(Host, host_id))
+    if model is None or checks.current_calibration(model.id) is not None:
+        return False
+    enqueue("jobs.verification.calibrate", host_id, accounts.find_user(DEMO_ADMIN_EMAIL).id,
+            DEMO_CALIBRATION_CHECKS, queue_name=VERIFY_QUEUE, job_timeout=1800, result_ttl=600)
+    return True
+
+
+def verification_progress(host_id: int) -> str:
+    """Where the demo host's verification stands, in a few words."""
+    host = db.session.get(Host, host_id, populate_existing=True)
+    scored = db.session.scalar(select(func.count()).select_from(VerificationCheck).where(
+        VerificationCheck.host_id == host_id, VerificationCheck.kind == "calibration")) or 0
+    passed = db.session.scalar(select(func.count()).select_from(VerificationCheck).where(
+        VerificationCheck.host_id == host_id, VerificationCheck.kind == "canary",
+        VerificationCheck.outcome == "passed")) or 0
+    db.session.commit()
+    return f"{scored} calibration canaries scored, {passed} checks passed; {host.trust_state}"
+
+
+def healthy(host_id: int) -> bool:
+    found = db.session.get(Host, host_id, populate_existing=True).healthy
+    db.session.commit()
+    return found
+
+
+def ready(host_id: int) -> bool:
+    """A demo host is ready when it serves clients; a reference engine, when its engine passes health checks."""
+    host = db.session.get(Host, host_id, populate_existing=True)
+    found = host.healthy if host.reference else hosts.serving(host).ok
+    db.session.commit()
+    return found
+
+
+def build_shared_model(model: str, engine_dir: Path, reference_dir: Path) -> Path:
+    """Build ``model`` for the demo host once; its reference engine serves the same folder (linked)."""
+    from hostkit.local.engine import ensure_model
+
+    built = ensure_model(model, engine_dir / "models")
+    shared = reference_dir / "models" / model
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    if not shared.is_symlink():
+        shutil.rmtree(shared, ignore_errors=True)
+        shared.symlink_to(built, target_is_directory=True)
+    return built

@@ -45,9 +45,10 @@ class Instance:
 
     @property
     def demo_machines(self) -> list[DemoMachine]:
-        """The demo's two host machines, each a namespace of its own: the chat model's and the embedding model's
-        (two WireGuard tunnels to one hub need two routing tables, as two machines have)."""
-        return [DemoMachine(self.slot, 0, "host"), DemoMachine(self.slot, 1, "embed")]
+        """The demo's host machines, each a namespace of its own: the chat model's, the embedding model's and the
+        chat model's reference engine's (WireGuard tunnels to one hub need a routing table each, as machines
+        have)."""
+        return [DemoMachine(self.slot, 0, "host"), DemoMachine(self.slot, 1, "embed"), DemoMachine(self.slot, 2, "ref")]
 
     def links(self) -> list[str]:
         """Every interface a run of this slot may make in the router's namespace."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -28,16 +27,13 @@ from app import ROOT
 from app.config import ConfigError
 
 from . import demo, demo_network
+from .demo_hosts import DEMO_MODELS, DemoHosts
 from .embedded import EmbeddedError, EmbeddedServices
 from .instance import Instance, InstanceError, claim
 from .janitor import RUN_MARKER, Janitor
 from .supervisor import Supervisor
 
 READY_TIMEOUT_SECONDS = 60
-DEMO_ENGINE_PORT = 8100
-DEMO_READY_TIMEOUT_SECONDS = 600
-DEMO_STOP_SECONDS = 60  # the agent lets requests in flight finish, then stops its engine
-DEMO_MODELS = {"smollm2": demo.DEMO_MODEL, "tiny-chat": demo.TINY_TEST_MODEL}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -172,82 +168,7 @@ class Platform:
             "--connect-webhook-url", f"{public}/stripe/connect-webhook", "--state", str(state)),
             env=env, cwd=ROOT)
 
-    def start_demo_hosts(self, model: str, router_url: str):
-        """The demo hosts join like any host: ``hostkit register`` with their owner's enrollment key, approval by
-        the seeded admin, then ``hostkit agent``, which brings up the overlay and the engine. Over WireGuard they
-        run in the demo namespace, a second machine as far as the network can tell. One serves ``model``, the
-        other the demo embedding model; both start at once, and the platform waits for both to pass a health
-        check."""
-        from app.extensions import db
-        from app.models import Host
-
-        click.echo(f"Starting the demo hosts: {DEMO_MODELS[model]} and {demo.DEMO_EMBEDDING_MODEL} on vLLM (CPU); "
-                   "this takes about a minute...")
-        started = time.monotonic()
-        chat, embeddings = self.instance.demo_machines
-        waiting = {
-            self.start_demo_host(demo.DEMO_HOST_NAME, "demo-host", "engine", model, DEMO_MODELS[model], chat,
-                                 router_url): demo.DEMO_HOST_NAME,
-            self.start_demo_host(demo.DEMO_EMBEDDINGS_HOST_NAME, "demo-embeddings-host", "engine-embeddings",
-                                 "minilm", demo.DEMO_EMBEDDING_MODEL, embeddings,
-                                 router_url): demo.DEMO_EMBEDDINGS_HOST_NAME}
-        deadline = time.monotonic() + DEMO_READY_TIMEOUT_SECONDS
-        while waiting:
-            for host_id in [h for h in waiting if db.session.get(Host, h, populate_existing=True).healthy]:
-                click.echo(f"The {waiting.pop(host_id)} is serving, {time.monotonic() - started:.0f}s after start"
-                           + (" (over the WireGuard overlay)." if self.wireguard else " (loopback overlay)."))
-            db.session.commit()
-            if waiting and time.monotonic() > deadline:
-                raise click.ClickException(f"the {' and the '.join(waiting.values())} were not serving after "
-                                           f"{DEMO_READY_TIMEOUT_SECONDS}s")
-            self.supervisor.sleep(0.5)
-
-    def start_demo_host(self, name: str, folder: str, engine_folder: str, model: str, model_id: str, machine,
-                        router_url: str) -> int:
-        """Register, approve and start one demo host's agent on ``machine`` (an ``instance.DemoMachine``), with
-        its state in ``folder`` and its engine's models, caches and logs in ``engine_folder``; returns its id."""
-        state_dir, engine_dir = self.data_dir / folder, self.data_dir / engine_folder
-        prefix = demo_network.command(machine) if self.wireguard else []
-        hostkit = [*prefix, sys.executable, "-m", "hostkit"]
-
-        def register(key: str) -> None:
-            done = subprocess.run([*hostkit, "register", "--router", router_url, "--invite", key, "--name", name,
-                                   "--engine-port", str(DEMO_ENGINE_PORT), "--state-dir", str(state_dir)],
-                                  cwd=ROOT, env=self.env, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise click.ClickException(f"the {name} could not register: {done.stderr.strip()}")
-            click.echo(done.stdout.strip())
-
-        host = demo.enroll_demo_host(state_dir, register, name)
-        checkpoint()
-        host = demo.approve_demo_host(host, model_id, engine_dir / "models" / model,
-                                      Path(self.app.config["TOKENIZERS_DIR"]))
-        click.echo(f"The {name} is approved (by {demo.DEMO_ADMIN_EMAIL}) at overlay address "
-                   f"{host.overlay_address}.")
-        self.supervisor.start(f"{name}'s agent", [
-            *hostkit, "agent", "--state-dir", str(state_dir), "--engine", "process", "--data-dir", str(engine_dir),
-            "--heartbeat", "2", "--interface", machine.interface,
-            "--authorized-keys", str(state_dir / "authorized_keys")], env=self.env, cwd=ROOT,
-            stop_seconds=DEMO_STOP_SECONDS, stop_first=True)
-        return host.id
-
-    def pay_demo_host(self, public: str) -> None:
-        """The demo host's owner is paid through the stand-in, so the admin's money page has a payout to show."""
-        import stripe
-        import urllib3
-
-        from app.money import connect
-
-        try:
-            outcome = demo.pay_demo_host(public)
-        except (connect.PayoutError, stripe.StripeError, urllib3.exceptions.HTTPError) as exc:
-            click.echo(f"The demo payout could not be made ({exc}); payouts still run every hour.")
-            return
-        if outcome.get("paid"):
-            click.echo(f"Paid the demo host's owner {demo.DEMO_HOST_EARNINGS / 1e6:.2f} USD through the Stripe "
-                       "stand-in (see Admin > Money).")
-
-    def run(self, host: str, port: int, workers: int, demo_model: str) -> None:
+    def run(self, host: str, port: int, workers: int, demo_model: str, demo_reference: bool) -> None:
         from flask_migrate import upgrade
 
         public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -275,19 +196,21 @@ class Platform:
             "-m", "gunicorn", "--worker-class", "gevent", "--workers", str(workers),
             *(arg for bind in binds for arg in ("--bind", bind)), "--no-control-socket", "--graceful-timeout", "20",
             "--access-logfile", "-", "--chdir", str(ROOT), "wsgi:app"), env=self.env, cwd=ROOT)
-        for command in ("worker", "scheduler"):
-            click.echo(f"Starting the RQ {command}...")
-            self.supervisor.start(f"RQ {command}", _python("-m", "flask", "--app", "wsgi", command), env=self.env,
-                                  cwd=ROOT)
+        for name, command in (("RQ worker", ["worker", "--queue", "default"]),
+                              ("verification worker", ["worker", "--queue", "verification"]),
+                              ("RQ scheduler", ["scheduler"])):
+            click.echo(f"Starting the {name}...")
+            self.supervisor.start(name, _python("-m", "flask", "--app", "wsgi", *command), env=self.env, cwd=ROOT)
         if self.wireguard:
             click.echo(f"Starting the overlay hub ({self.instance.hub_interface})...")
             self.supervisor.start("overlay hub", _python("-m", "flask", "--app", "wsgi", "overlay-hub"),
                                   env=self.env, cwd=ROOT)
         _wait_ready(f"{public}/healthz", self.supervisor)
         if demo_model != "none":
-            self.start_demo_hosts(demo_model, router_url)
+            hosts = DemoHosts(self, checkpoint)
+            hosts.start(demo_model, router_url, reference=demo_reference)
             if self.standin:
-                self.pay_demo_host(public)
+                hosts.pay(public)
         click.echo(demo.banner(info, self.data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
         while True:
             self.supervisor.sleep(1)
@@ -331,7 +254,10 @@ def _remove_hub(interface: str) -> None:
 @click.option("--workers", envvar="WEB_CONCURRENCY", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--demo-model", envvar="GPUSHARE_DEMO_MODEL", default="smollm2", show_default=True,
               type=click.Choice([*DEMO_MODELS, "none"]), help="What the demo host serves; none for no demo host.")
-def serve(host: str, port: int, workers: int, demo_model: str) -> None:
+@click.option("--demo-reference/--no-demo-reference", envvar="GPUSHARE_DEMO_REFERENCE", default=True,
+              show_default=True, help="Run a reference engine that verifies the demo host; without it the demo "
+                                      "hosts are taken as verified (a faster start on a small machine).")
+def serve(host: str, port: int, workers: int, demo_model: str, demo_reference: bool) -> None:
     """Migrate, seed, and run the platform until Ctrl-C."""
     # Explicitly: a process started with SIGINT ignored (a background job of a script) would not get Python's
     # KeyboardInterrupt.
@@ -362,7 +288,7 @@ def serve(host: str, port: int, workers: int, demo_model: str) -> None:
         with app.app_context():
             platform = Platform(app, instance, wireguard, supervisor, services)
             try:
-                platform.run(host, port, workers, demo_model)
+                platform.run(host, port, workers, demo_model, demo_reference)
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand a server
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)

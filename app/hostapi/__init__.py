@@ -90,7 +90,10 @@ def _host_state(host) -> dict:
             "models": [offer.model.hf_id for offer in host.offers if offer.enabled],
             "parsers": {offer.model.hf_id: {"tool_call_parser": offer.model.tool_call_parser,
                                             "reasoning_parser": offer.model.reasoning_parser}
-                        for offer in host.offers if offer.enabled}}
+                        for offer in host.offers if offer.enabled},
+            "trust": {"state": host.trust_state, "reason": host.trust_reason}, "reference": host.reference,
+            # A reference engine scores other hosts' tokens: in full precision, whatever the model ships in.
+            "engine_dtype": "float32" if host.reference else None}
 
 
 ENGINE_ADDRESS_FIELDS = {"api_base", "engine_address", "engine_url"}

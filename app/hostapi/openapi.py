@@ -46,6 +46,12 @@ HOST_STATE = {
         "parsers": {"type": "object", "additionalProperties": {
             "type": "object", "properties": {"tool_call_parser": {"type": ["string", "null"]},
                                              "reasoning_parser": {"type": ["string", "null"]}}}},
+        # What verification says of the host, and whether it is a reference engine (it then serves in full
+        # precision: ``engine_dtype`` float32; null: the model's own dtype).
+        "trust": {"type": "object", "required": ["state", "reason"],
+                  "properties": {"state": {"enum": list(Host.TRUST_STATES)}, "reason": {"type": "string"}}},
+        "reference": {"type": "boolean"},
+        "engine_dtype": {"enum": ["float32", None]},
     },
 }
 HOST = {"type": "object", "required": ["host"], "properties": {"host": {"$ref": "#/components/schemas/HostState"}}}

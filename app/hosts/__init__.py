@@ -355,7 +355,12 @@ NOT_SERVING = {
     "no_model": "no model chosen",
     "no_address": "no overlay address yet",
     "unhealthy": "waiting for a passing health check",
+    "reference": "a reference engine: it checks other hosts and takes no client traffic",
+    "quarantined": "quarantined by verification: no traffic, earnings held until an admin reviews it",
+    "staged": "being verified: spot checks and a benchmark before any client traffic",
 }
+# Serving, but only when no verified host can take a request.
+DEGRADED = "serving as a fallback only: its reputation is below the verified hosts'"
 
 
 def in_schedule(host: Host, now: datetime | None = None) -> bool:
@@ -376,9 +381,16 @@ def serving(host: Host, now: datetime | None = None) -> Serving:
         (any(offer.enabled for offer in host.offers), "no_model"),
         (host.api_base is not None, "no_address"),
         (host.healthy, "unhealthy"),
+        (not host.reference, "reference"),
+        (host.trust_state != "quarantined", "quarantined"),
+        (host.trust_state != "staged", "staged"),
     ]
     code = next((code for ok, code in checks if not ok), None)
-    return Serving(True, "serving", "serving") if code is None else Serving(False, code, NOT_SERVING[code])
+    if code is not None:
+        return Serving(False, code, NOT_SERVING[code])
+    if host.trust_state == "degraded":
+        return Serving(True, "degraded", DEGRADED)
+    return Serving(True, "serving", "serving")
 
 
 def fleet_counts() -> dict[str, int]:

@@ -72,9 +72,10 @@ def grant(admin: User | None, client: User, amount: int, *, memo: str, transfer_
     return posted
 
 
-def _lock_client(client: User | int) -> LedgerAccount:
-    """The client's account, locked (as ``gs_hold`` locks it) so its balance can't move while we split a posting."""
-    acct_id = account_id("client", client)
+def _lock_client(client: User | int, kind: str = "client") -> LedgerAccount:
+    """The person's account, locked (as ``gs_hold`` locks a client's) so its balance can't move while we split a
+    posting."""
+    acct_id = account_id(kind, client)
     return db.session.execute(select(LedgerAccount).where(LedgerAccount.id == acct_id).with_for_update(key_share=True)
                               .execution_options(populate_existing=True)).scalar_one()
 
@@ -97,9 +98,10 @@ def credit_entries(source: int, client: User | int, amount: int) -> list[tuple[i
     return entries
 
 
-def debit_entries(sink: int, client: User | int, amount: int) -> list[tuple[int, int]]:
-    """Entries taking ``amount`` from ``client`` to ``sink``; what its available balance can't cover is owed."""
-    acct = _lock_client(client)
+def debit_entries(sink: int, client: User | int, amount: int, kind: str = "client") -> list[tuple[int, int]]:
+    """Entries taking ``amount`` from ``client``'s account of ``kind`` (its client balance, or its host earnings)
+    to ``sink``; what that account's available balance can't cover is owed on its receivable account."""
+    acct = _lock_client(client, kind)
     taken = min(amount, max(acct.available, 0))
     entries = [(sink, amount), (acct.id, -taken)]
     if amount - taken:

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from ..accounts import audit
 from ..extensions import db
-from ..models import LedgerAccount, Payout, PayoutAccount, User, utcnow
+from ..models import Host, LedgerAccount, Payout, PayoutAccount, User, utcnow
 from . import ledger
 from .connect import payout_account
 from .stripe import client
@@ -58,6 +58,7 @@ class Summary:
     fee_bps: int = 0
     account: PayoutAccount | None = None
     recent: list[Payout] | None = None
+    held: bool = False  # a host of the owner's is quarantined: nothing is paid until an admin decides
 
     @property
     def onboarding(self) -> str:
@@ -65,7 +66,10 @@ class Summary:
 
     @property
     def upcoming(self) -> int:
-        """What the next run of the payout job would send (whole cents of what is available), 0 if below threshold."""
+        """What the next run of the payout job would send (whole cents of what is available), 0 if below threshold
+        or held."""
+        if self.held:
+            return 0
         amount = max(self.available, 0) // MICRO_PER_CENT * MICRO_PER_CENT
         return amount if amount and amount >= self.threshold else 0
 
@@ -130,7 +134,8 @@ def summary(user: User) -> Summary:
                                 .order_by(Payout.created_at.desc(), Payout.id.desc()).limit(10)).all()
     result = Summary(earned=host.balance + paid + pending, available=host.available, pending=pending, paid=paid,
                      threshold=(account and account.threshold) or default_threshold(),
-                     fee_bps=current_app.config["PLATFORM_FEE_BPS"], account=account, recent=recent)
+                     fee_bps=current_app.config["PLATFORM_FEE_BPS"], account=account, recent=recent,
+                     held=held_by_verification(user.id))
     db.session.commit()
     return result
 
@@ -150,6 +155,13 @@ def needing_attention() -> dict[str, list[Payout]]:
 
 # --- the job's steps ------------------------------------------------------------------------------------------
 
+def held_by_verification(user_id: int) -> bool:
+    """Whether one of the owner's hosts is quarantined: its earnings wait until an admin releases the host or
+    claws them back (``trust``)."""
+    return bool(db.session.scalar(select(func.count()).select_from(Host)
+                                  .where(Host.owner_id == user_id, Host.trust_state == "quarantined")))
+
+
 def due_owners() -> list[int]:
     """Owners with a ready account, no open payout, and at least their threshold available."""
     rows = db.session.execute(text("""
@@ -162,6 +174,7 @@ def due_owners() -> list[int]:
           AND NOT EXISTS (SELECT 1 FROM payouts p WHERE p.user_id = pa.user_id AND p.status = 'failed'
                           AND p.next_attempt_at > now()
                           AND p.created_at > coalesce(pa.failures_cleared_at, '-infinity'))
+          AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.owner_id = pa.user_id AND h.trust_state = 'quarantined')
         ORDER BY pa.user_id"""), {"threshold": default_threshold()}).scalars().all()
     db.session.commit()
     return list(rows)
@@ -195,6 +208,9 @@ def start(user_id: int) -> Payout | None:
     host_id = ledger.account_id("host", user_id)
     host = db.session.execute(select(LedgerAccount).where(LedgerAccount.id == host_id).with_for_update()
                               .execution_options(populate_existing=True)).scalar_one()
+    if held_by_verification(user_id):  # quarantined since the job chose the owner
+        db.session.rollback()
+        return None
     amount = max(host.available, 0) // MICRO_PER_CENT * MICRO_PER_CENT  # whole cents; the rest stays owed
     if amount <= 0 or amount < (account.threshold or default_threshold()):
         db.session.rollback()

@@ -131,18 +131,27 @@ class CompletionRequest:
 
     def count_prompt(self, tokenizer) -> int:
         """The prompt as the engine renders and counts it, with the model's ``tokenizer`` (``metering``)."""
+        return self.prompt(tokenizer)[0]
+
+    def prompt(self, tokenizer) -> tuple[int, list[int] | None]:
+        """The prompt's token count as the engine renders it, and its token ids (None where the model has no
+        tokenizer files and the count is an estimate). The engine keeps the last ``truncate_prompt_tokens``."""
+        body = self.body
         if self.endpoint == "chat":
-            body = self.body
-            count = tokenizer.count_chat(self.messages, self.tools,
-                                         add_generation_prompt=body.get("add_generation_prompt", True),
-                                         continue_final_message=bool(body.get("continue_final_message")),
-                                         template_kwargs=body.get("chat_template_kwargs"),
-                                         reasoning_effort=body.get("reasoning_effort"))
+            options = dict(add_generation_prompt=body.get("add_generation_prompt", True),
+                           continue_final_message=bool(body.get("continue_final_message")),
+                           template_kwargs=body.get("chat_template_kwargs"),
+                           reasoning_effort=body.get("reasoning_effort"))
+            ids = tokenizer.encode_chat(self.messages, self.tools, **options)
+            count = len(ids) if ids is not None else tokenizer.count_chat(self.messages, self.tools, **options)
         else:
-            prompt = self.body["prompt"]
-            count = tokenizer.count_prompt(prompt if isinstance(prompt, str) else prompt[0])
-        truncate = self.body.get("truncate_prompt_tokens")
-        return min(count, truncate) if isinstance(truncate, int) and truncate > 0 else count
+            prompt = body["prompt"] if isinstance(body["prompt"], str) else body["prompt"][0]
+            ids = tokenizer.encode_prompt(prompt)
+            count = len(ids) if ids is not None else tokenizer.count_prompt(prompt)
+        truncate = body.get("truncate_prompt_tokens")
+        if isinstance(truncate, int) and truncate > 0:
+            count, ids = min(count, truncate), ids if ids is None else ids[-truncate:]
+        return count, ids
 
 
 def _function_call_as_tool_choice(body: dict):

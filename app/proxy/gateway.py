@@ -43,7 +43,7 @@ from ..echo import shown
 from ..extensions import db
 from ..money.units import cost_of
 from ..shared import quietly
-from . import admission, embeddings, relay, responses
+from . import admission, embeddings, relay, responses, sampling
 from .errors import ApiError
 from .journal import Entry, Journal
 from .metering import Meter
@@ -90,6 +90,7 @@ class Gateway:
         self.default_tpm = config["RATE_LIMIT_TOKENS_PER_MINUTE"]
         self.max_messages = config["MAX_MESSAGES"]
         self.max_choices = config["MAX_CHOICES"]
+        self.sample_rate = config["VERIFY_SAMPLE_BPS"] / 10_000
         # The request path's own connections, in autocommit and never reset on return: one round trip per
         # statement. A fixed number per process: a burst waits its turn (gevent-friendly) instead of opening
         # more connections than PostgreSQL allows.
@@ -167,6 +168,11 @@ class Call:
     host_usage: dict | None = None
     settled: bool = False
     entry: Entry | None = None
+    completion_tokens: int = 0  # the router's count, once settled
+    prompt_ids: list[int] | None = None  # the prompt as the router rendered it (None: counted by estimate)
+    sampled: sampling.Sampling | None = None  # set when this answer is kept for verification (``sampling.keep``)
+    canary: bool = False  # sent by the verifier (``trust.verifier``): its ``sample`` stays here, not queued
+    sample: dict | None = None
 
     @property
     def response_id(self) -> str:
@@ -243,6 +249,7 @@ class Call:
         if self.settled:
             return self.charged
         self.settled = True
+        self.completion_tokens = completion_tokens
         ttft = int((self.first_token_at - self.started) * 1000) if self.first_token_at else None
         params = settlement(self.record, status=status, http_status=http_status,
                             completion_tokens=completion_tokens, host_id=self.route.host_id if self.route else None,
@@ -269,11 +276,10 @@ def _check_context(limit: int, prompt_tokens: int, req: admission.CompletionRequ
                        param="messages" if req.endpoint == "chat" else "prompt", code="context_length_exceeded")
 
 
-def admit(endpoint: str) -> Call:
+def admit(endpoint: str, key: KeyInfo, raw: bytes) -> Call:
     """Everything before a host is chosen; raises ApiError with the status a client should see."""
     gw = gateway()
-    key: KeyInfo = g.api_key
-    raw, limits = request.get_data(cache=False), {"max_messages": gw.max_messages, "max_choices": gw.max_choices}
+    limits = {"max_messages": gw.max_messages, "max_choices": gw.max_choices}
     if endpoint == "responses":  # the Responses API rides the chat path (``responses``)
         responses_body = admission.parse_json(raw)
         req = admission.check(responses.to_chat(responses_body), "chat", **limits)
@@ -297,11 +303,12 @@ def admit(endpoint: str) -> Call:
         right = "POST /v1/embeddings" if offer.kind == "embedding" else "POST /v1/chat/completions"
         raise ApiError(400, f"'{offer.hf_id}' is {'an embedding' if offer.kind == 'embedding' else 'a chat'} model: "
                             f"call {right}.", param="model", code="unsupported_endpoint")
+    prompt_ids = None
     if req.endpoint == "embeddings":
         counts = embeddings.count(gw.meter.for_model(offer.hf_id), req.inputs, offer.context_length)
         prompt_tokens, fits = sum(counts), max(counts)
     else:
-        prompt_tokens = _count_prompt(req, gw.meter.for_model(offer.hf_id))
+        prompt_tokens, prompt_ids = _count_prompt(req, gw.meter.for_model(offer.hf_id))
         _check_context(offer.context_length, prompt_tokens, req, "This model's maximum context length")
         fits = prompt_tokens + (req.max_tokens or 1)
     rpm = key.requests_per_minute or gw.default_rpm
@@ -312,12 +319,13 @@ def admit(endpoint: str) -> Call:
         raise ApiError(429, f"Rate limit reached for {what} per minute on this API key. Try again in "
                             f"{max(1, round(limits.reset_seconds))}s.", code="rate_limit_exceeded",
                        headers={**limits.headers(), "Retry-After": str(max(1, round(limits.reset_seconds)))})
-    return Call(gw=gw, key=key, req=req, offer=offer, prompt_tokens=prompt_tokens, limits=limits, fits=fits)
+    return Call(gw=gw, key=key, req=req, offer=offer, prompt_tokens=prompt_tokens, limits=limits, fits=fits,
+                prompt_ids=prompt_ids, sampled=sampling.chosen(gw.sample_rate, req.body, prompt_ids, req.max_tokens))
 
 
-def _count_prompt(req: admission.CompletionRequest, tokenizer) -> int:
+def _count_prompt(req: admission.CompletionRequest, tokenizer) -> tuple[int, list[int] | None]:
     try:
-        return req.count_prompt(tokenizer)
+        return req.prompt(tokenizer)
     except Exception as error:  # the template's own refusal (raise_exception), or one it could not render
         reason = f": {shown(str(error), 200)}" if isinstance(error, TemplateError) else "."
         raise ApiError(400, f"The messages could not be rendered with this model's chat template{reason}",
@@ -327,7 +335,7 @@ def _count_prompt(req: admission.CompletionRequest, tokenizer) -> int:
 def complete(endpoint: str):
     """``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` and ``/v1/embeddings``."""
     try:
-        call = admit(endpoint)
+        call = admit(endpoint, g.api_key, request.get_data(cache=False))
         sticky = f"{call.key.user_id}:{call.req.sticky}" if call.req.sticky else None
         candidates = call.gw.routing.candidates(call.offer, call.fits, sticky=sticky)
     except RoutingUnavailable:
@@ -342,9 +350,14 @@ def complete(endpoint: str):
                                                call.gw.refusal_ttl), None, "counting refusals")
         raise ApiError(503, f"No host is serving '{call.offer.hf_id}' right now. Try again shortly.",
                        code="no_host_available", headers={**call.headers(), "Retry-After": NO_HOST_RETRY_AFTER})
+    return serve(call, candidates[:call.gw.max_attempts])
+
+
+def serve(call: Call, candidates: list[Route]):
+    """Hold the call's worst-case cost, then forward it to the first of ``candidates`` that answers."""
     call.hold()
     try:
-        return _forward(call, candidates[:call.gw.max_attempts])
+        return _forward(call, candidates)
     except ApiError as error:
         call.finish("failed" if error.status >= 500 else "rejected", error.status, 0)
         error.headers = {**call.headers(), **error.headers}

@@ -107,9 +107,14 @@ class ModelTokenizer:
 
     def count_prompt(self, prompt: str) -> int:
         """A completions prompt, with the special tokens the engine adds."""
+        ids = self.encode_prompt(prompt)
+        return self.count_text(prompt) + 1 if ids is None else len(ids)
+
+    def encode_prompt(self, prompt: str) -> list[int] | None:
+        """A completions prompt's token ids as the engine makes them (None: no tokenizer, only an estimate)."""
         if self.tokenizer is None:
-            return self.count_text(prompt) + 1
-        return len(self.tokenizer.encode(prompt, add_special_tokens=True).ids)
+            return None
+        return self.tokenizer.encode(prompt, add_special_tokens=True).ids
 
     def count_ids(self, token_ids: list[int]) -> int:
         """The router's count of text a host says it generated as these token ids: decoded (special tokens
@@ -158,8 +163,19 @@ class ModelTokenizer:
                    reasoning_effort: str | None = None) -> int:
         """The prompt of ``messages`` (rebuilt by ``messages.check_messages``) and ``tools`` (by ``check_tools``),
         as the engine renders and counts it."""
-        if self.tokenizer is None or self.chat_template is None:
+        ids = self.encode_chat(messages, tools, add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message, template_kwargs=template_kwargs,
+                               reasoning_effort=reasoning_effort)
+        if ids is None:
             return sum(self.count_text(_text_of(m.get("content"))) + TOKENS_PER_MESSAGE_ESTIMATE for m in messages)
+        return len(ids)
+
+    def encode_chat(self, messages: list[dict], tools: list | None = None, *, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False, template_kwargs: dict | None = None,
+                    reasoning_effort: str | None = None) -> list[int] | None:
+        """``count_chat``'s prompt as token ids (None: no tokenizer or template, only an estimate)."""
+        if self.tokenizer is None or self.chat_template is None:
+            return None
         chat = conversation(messages, string_format=self.string_content, developer_role=self.developer_role)
         kwargs = dict(template_kwargs or {})
         extra = {"add_generation_prompt": add_generation_prompt, "reasoning_effort": reasoning_effort}
@@ -172,7 +188,7 @@ class ModelTokenizer:
         rendered = self.chat_template.render(messages=chat, tools=tools, documents=None, **kwargs)
         if final is not None:
             rendered = _cut_at_mark(rendered, final)
-        return len(self.tokenizer.encode(rendered, add_special_tokens=False).ids)
+        return self.tokenizer.encode(rendered, add_special_tokens=False).ids
 
 
 def _squeezed(text: str) -> str:

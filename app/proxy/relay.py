@@ -20,7 +20,7 @@ import orjson
 from flask import current_app
 
 from ..money.units import usd_of
-from . import embeddings, normalise, responses
+from . import embeddings, normalise, responses, sampling
 from .routing import InFlight
 from .upstream import UpstreamError
 
@@ -50,6 +50,8 @@ class Generated:
     token_ids: list[int] | None = field(default_factory=list)  # None once a piece came without them
     stop: str | None = None
     ended_on_eos: bool = False
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
 
     def add_ids(self, ids) -> None:
         if self.token_ids is not None:
@@ -76,6 +78,8 @@ def _finished(generated: Generated, choice: dict) -> None:
     generated.ended_on_eos = _ended_on_eos(choice)
     stop = choice.get("stop_reason")
     generated.stop = stop if isinstance(stop, str) else None
+    generated.finish_reason = choice["finish_reason"] if isinstance(choice["finish_reason"], str) else None
+    generated.stop_reason = stop if isinstance(stop, (str, int)) and not isinstance(stop, bool) else None
 
 
 def embedded(call: Call, data: dict):
@@ -102,6 +106,7 @@ def whole(call: Call, data: dict):
     body = build(data, response_id=call.response_id, created=call.created, model=call.offer.hf_id, counted={})
     sources = [choice for choice in data.get("choices") or [] if isinstance(choice, dict)]
     completion_tokens = 0
+    first = None
     for source, choice in zip(sources, body["choices"]):
         generated = Generated(token_ids=source.get("token_ids") if isinstance(source.get("token_ids"), list)
                               else None)
@@ -114,9 +119,12 @@ def whole(call: Call, data: dict):
         else:
             generated.content.append(choice["text"])
         completion_tokens += generated.tokens(call)
+        first = first or generated
     normalise.legacy_functions(body, call.req.functions)
     body["usage"] = normalise.usage(call.prompt_tokens, completion_tokens)
     call.finish("ok", 200, completion_tokens)
+    if first is not None:
+        call.sample = sampling.keep(call, first.token_ids, first.finish_reason, first.stop_reason)
     body["usage"]["cost"] = usd_of(call.charged)
     if call.req.responses is not None:
         body = _presenter(call).whole(body)
@@ -227,6 +235,9 @@ def stream(call: Call, first: bytes, events, in_flight: InFlight):
         completion_tokens = sum(choice.tokens(call) for choice in generated.values())
         status, http_status = "ok", 200
         call.finish("ok", 200, completion_tokens)  # durable (or spooled) before the client sees the end
+        if 0 in generated:
+            call.sample = sampling.keep(call, generated[0].token_ids, generated[0].finish_reason,
+                                        generated[0].stop_reason)
         if presenter is not None:
             counted = normalise.usage(call.prompt_tokens, completion_tokens) | {"cost": usd_of(call.charged)}
             yield b"".join(presenter.end(counted))

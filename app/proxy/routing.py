@@ -1,5 +1,7 @@
 """Which host serves a request: approved, enabled, available and healthy hosts that offer the model,
-inside their weekly schedule.
+inside their weekly schedule, that verification trusts (``app.trust``): verified hosts first, degraded ones only
+as a fallback when no verified one can take the request. Staged, quarantined and reference hosts get no client
+traffic.
 
 Each router process keeps the routing table in memory and reloads it from
 PostgreSQL every ``ROUTING_REFRESH_SECONDS``. Round-robin is per process;
@@ -40,14 +42,14 @@ RETRY_SECONDS = 1.0
 SERVING_HOSTS = """
     FROM host_models hm JOIN hosts h ON h.id = hm.host_id
     WHERE hm.enabled AND h.status = 'approved' AND h.enabled AND h.available AND h.healthy
-      AND h.api_base IS NOT NULL
+      AND h.api_base IS NOT NULL AND NOT h.reference AND h.trust_state IN ('verified', 'degraded')
 """
 
 # A host's engine may run with a shorter context than the catalog's (vLLM's --max-model-len); its heartbeat says.
 # It comes as JSON and is read in Python, row by row: one host's nonsense must not fail the query for all.
 ROUTES_SQL = text(f"""
     SELECT hm.model_id, h.id, h.owner_id, h.api_base, h.schedule, h.timezone,
-           h.heartbeat -> 'max_model_len' AS max_model_len
+           h.heartbeat -> 'max_model_len' AS max_model_len, h.trust_state = 'degraded' AS fallback
     {SERVING_HOSTS}
     ORDER BY h.id
 """)
@@ -65,6 +67,7 @@ class Route:
     owner_id: int
     api_base: str
     max_model_len: int | None = None  # None: the catalog's context length
+    fallback: bool = False  # degraded: tried only after every verified host
 
     def fits(self, tokens: int) -> bool:
         return self.max_model_len is None or tokens <= self.max_model_len
@@ -91,7 +94,7 @@ class RoutingUnavailable(Exception):
     """No routing table could be read yet (PostgreSQL is away since this process started)."""
 
 
-def _context(value) -> int | None:
+def heartbeat_context(value) -> int | None:
     """A heartbeat's ``max_model_len``: a whole number of tokens, or None (the catalog's length)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= MAX_CONTEXT:
         return None
@@ -105,7 +108,7 @@ class RoutingTable:
         self._loaded_at = 0.0
         self._routes: dict[int, list[Route]] = {}
         self._models: dict[str, Offer] = {}
-        self._turns: dict[int, itertools.count] = {}
+        self._turns: dict[tuple[int, bool], itertools.count] = {}  # (model id, fallback) -> round-robin turns
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
@@ -136,11 +139,11 @@ class RoutingTable:
             rows = conn.execute(ROUTES_SQL).all()
         routes: dict[int, list[Route]] = {}
         now = datetime.now(timezone.utc)
-        for model_id, host_id, owner_id, api_base, windows, tz, max_len in rows:
+        for model_id, host_id, owner_id, api_base, windows, tz, max_len, fallback in rows:
             try:
                 if schedule.in_schedule(windows, tz, now):
                     routes.setdefault(model_id, []).append(Route(host_id, owner_id, api_base.rstrip("/"),
-                                                                 _context(max_len)))
+                                                                 heartbeat_context(max_len), fallback))
             except Exception:  # one host's bad data must not stop the others from serving
                 log.exception("host %s skipped in the routing table: its schedule or settings cannot be read",
                               host_id)
@@ -155,9 +158,10 @@ class RoutingTable:
         return offer if offer is not None and offer.enabled else None
 
     def served_models(self) -> list[Offer]:
-        """Enabled models with at least one healthy host, in catalog order."""
+        """Enabled models with at least one verified host serving now, in catalog order."""
         self._refresh()
-        return sorted((m for m in self._models.values() if m.enabled and self._routes.get(m.id)),
+        return sorted((m for m in self._models.values()
+                       if m.enabled and any(not route.fallback for route in self._routes.get(m.id, ()))),
                       key=lambda m: m.id)
 
     def candidates(self, model: Offer, tokens: int = 0, sticky: str | None = None) -> list[Route]:
@@ -168,6 +172,11 @@ class RoutingTable:
         prefix cache is reused, and only the keys of a host that leaves move."""
         self._refresh()
         routes = [route for route in self._routes.get(model.id, []) if route.fits(tokens)]
+        verified = [route for route in routes if not route.fallback]
+        fallbacks = [route for route in routes if route.fallback]
+        return self._ranked((model.id, False), verified, sticky) + self._ranked((model.id, True), fallbacks, sticky)
+
+    def _ranked(self, turns: tuple[int, bool], routes: list[Route], sticky: str | None) -> list[Route]:
         if len(routes) < 2:
             return list(routes)
         if sticky is not None:
@@ -179,7 +188,7 @@ class RoutingTable:
             if loads is not None:
                 ranked = sorted((int(load or 0), i) for i, load in enumerate(loads))
                 return [routes[i] for _, i in ranked]
-        turn = next(self._turns.setdefault(model.id, itertools.count())) % len(routes)
+        turn = next(self._turns.setdefault(turns, itertools.count())) % len(routes)
         return routes[turn:] + routes[:turn]
 
     def longest_context(self, model: Offer) -> int | None:

@@ -27,7 +27,10 @@
     usd_per_mtok: {scale: 1e-6, format: function (v) { return usd(v) + " per M tokens"; }, tick: usd,
                    label: "USD per million tokens"},
     tokens_per_min: {scale: 1, format: function (v) { return count(v) + " tokens/min"; }, tick: compact,
-                     label: "tokens per minute"}
+                     label: "tokens per minute"},
+    // A verification check's evidence: the reference's log-probability of a token (0 is certain).
+    logprob: {scale: 1, format: function (v) { return v.toFixed(3) + " nats"; },
+              tick: function (v) { return v.toFixed(1); }, label: "log-probability (nats)"}
   };
 
   function unitOf(series) {
@@ -37,12 +40,14 @@
   function xLabel(kind) {
     return function (u, ts) {
       if (ts == null) return "–";
+      if (kind === "token") return "token " + ts;
       var iso = new Date(ts * 1000).toISOString();
       return kind === "day" ? iso.slice(0, 10) : iso.slice(0, 16).replace("T", " ") + " UTC";
     };
   }
 
   function fromZero(u, min, max) {
+    if (max <= 0 && min < 0) return [min * 1.1, 0];  // log-probabilities: all at or below zero
     return [Math.min(0, min), max > 0 ? max * 1.1 : 1];
   }
 
@@ -61,7 +66,8 @@
     var bars = spec.kind === "bars" ? uPlot.paths.bars({size: [0.6, 40]}) : null;
     // A price holds from one decision to the next: steps, not slopes.
     var paths = bars || (spec.kind === "steps" ? uPlot.paths.stepped({align: 1}) : undefined);
-    var series = [{label: spec.xKind === "day" ? "Day (UTC)" : "Time (UTC)", value: xLabel(spec.xKind)}];
+    var timed = spec.xKind !== "token";
+    var series = [{label: {day: "Day (UTC)", token: "Token"}[spec.xKind] || "Time (UTC)", value: xLabel(spec.xKind)}];
     var data = [spec.x];
     spec.series.forEach(function (s, i) {
       var own = unitOf(s);
@@ -78,7 +84,7 @@
       width: el.clientWidth || 600,
       height: HEIGHT,
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
-      scales: {x: {time: true}, y: {range: fromZero}},
+      scales: {x: {time: timed}, y: {range: fromZero}},
       series: series,
       axes: [{}, {label: unit.label, size: 70, values: function (u, splits) { return splits.map(unit.tick); }}]
     }, data, el);

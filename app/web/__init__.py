@@ -55,7 +55,7 @@ def _refuse_nul_bytes() -> None:
 
 
 def register_web(app: Flask) -> None:
-    from . import admin, auth, billing, hosts, keys, pages, usage
+    from . import admin, auth, billing, hosts, keys, pages, trust, usage
 
     app.url_map.converters["int"] = IdConverter
     app.before_request(_refuse_nul_bytes)
@@ -65,7 +65,7 @@ def register_web(app: Flask) -> None:
     login_manager.login_message_category = "info"
     login_manager.session_protection = "strong"
 
-    for module in (pages, auth, keys, usage, billing, hosts, admin):
+    for module in (pages, auth, keys, usage, billing, hosts, admin, trust):
         app.register_blueprint(module.bp)
     app.register_blueprint(billing.webhook_bp)
 

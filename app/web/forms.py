@@ -102,6 +102,8 @@ class CatalogModelForm(Form):
     context_length = IntegerField("Context length (tokens)", validators=[DataRequired(), NumberRange(1, 10_000_000)])
     min_vram_mib = IntegerField("Minimum VRAM (MiB, 0 for CPU)",
                                 validators=[InputRequired(), NumberRange(0, 10_000_000)])
+    parameters_millions = IntegerField("Parameters read per token (millions)", default=1000,
+                                       validators=[InputRequired(), NumberRange(1, 10_000_000)])
     reference_input_price = StringField("Reference input price, USD per 1M tokens", validators=PRICE)
     reference_output_price = StringField("Reference output price, USD per 1M tokens", validators=PRICE)
     floor_input_price = StringField("Floor input price", validators=PRICE)

@@ -13,6 +13,7 @@ from ..hosts import schedule
 from ..models import Host, utcnow
 from ..money import connect, payouts, stripe
 from ..money.units import MICRO
+from ..trust import report as trust_report
 from .forms import ActionForm, Form
 from .helpers import role_required
 
@@ -52,8 +53,8 @@ def serving_state(host: Host) -> str:
     """Whether a host takes new requests now and, if not, why, in a few words."""
     ok, code, why = host_service.serving(host)
     if ok:
-        return "yes"
-    return f"{'not yet' if code in ('pending', 'unhealthy') else 'no'}: {why}"
+        return "yes" if code == "serving" else f"yes, {why}"
+    return f"{'not yet' if code in ('pending', 'unhealthy', 'staged') else 'no'}: {why}"
 
 
 @bp.context_processor
@@ -78,6 +79,7 @@ def _page(*, forms: dict | None = None, model_errors: dict | None = None, **cont
         model_rows={host.id: host_service.models_for(host) for host in machines},
         vram_by_host={host.id: host_service.gpu_memory_mib(host) for host in machines},
         model_errors=model_errors or {}, payout=payouts.summary(current_user),
+        trusts=trust_report.for_hosts(list(machines), recent=0),
         earned_per_day=host_service.earnings_per_day(current_user), markets=host_service.markets(current_user),
         payouts_enabled=stripe.enabled(), **context)
 

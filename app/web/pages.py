@@ -8,6 +8,7 @@ from .. import catalog
 from ..catalog import pricing
 from ..extensions import db, redis_client
 from ..shared import quietly
+from ..trust import report
 
 bp = Blueprint("pages", __name__)
 
@@ -20,7 +21,7 @@ def home():
 @bp.get("/models")
 def models():
     models = catalog.public_models()
-    return render_template("pages/models.html", models=models,
+    return render_template("pages/models.html", models=models, capacity=report.verified_capacity(),
                            moves=pricing.recent_moves([m.id for m in models]))
 
 

@@ -8,5 +8,5 @@
   SmolLM2-135M-Instruct from a wheel; no download at run time.
 
 The router imports ``engine`` for its tests and ``make run``'s demo host only; it uses the standard library
-alone. A GPU host runs vLLM's own image instead (``hostkit.agent.DockerEngine``).
+alone. A GPU host runs vLLM's own image instead (``hostkit.engines.DockerEngine``).
 """

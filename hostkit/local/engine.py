@@ -147,8 +147,9 @@ class Engine:
                  data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int | None = None,
                  kv_cache_bytes: int = KV_CACHE_BYTES, max_model_len: int | None = MAX_MODEL_LEN,
                  tool_call_parser: str | None = None, reasoning_parser: str | None = None, runner: str | None = None,
-                 extra_args: tuple[str, ...] = (), ready_timeout: float = 300, drain_seconds: int = 5,
-                 stop_grace: float = 20, die_with_parent: bool = False, pid_file: str | os.PathLike | None = None):
+                 dtype: str | None = None, extra_args: tuple[str, ...] = (), ready_timeout: float = 300,
+                 drain_seconds: int = 5, stop_grace: float = 20, die_with_parent: bool = False,
+                 pid_file: str | os.PathLike | None = None):
         self.python = Path(python)
         self.model_dir = Path(model_dir).resolve()
         self.served_name = served_name
@@ -159,6 +160,7 @@ class Engine:
         self.max_model_len = max_model_len
         self.tool_call_parser, self.reasoning_parser = tool_call_parser, reasoning_parser
         self.runner = runner
+        self.dtype = dtype  # vLLM's --dtype (a reference engine's float32); None: the model's own
         self.extra_args = tuple(extra_args)
         self.ready_timeout = ready_timeout
         # On SIGTERM vLLM lets requests in flight finish for this long; the SIGKILL comes after stop_grace.
@@ -204,6 +206,8 @@ class Engine:
             args += ["--max-model-len", str(self.max_model_len)]
         if self.runner:
             args += ["--runner", self.runner]
+        if self.dtype:
+            args += ["--dtype", self.dtype]
         return args + parser_args(self.tool_call_parser, self.reasoning_parser) + list(self.extra_args)
 
     def start(self) -> Engine:
@@ -297,7 +301,9 @@ def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", p
     python = engine_python(venv)
     data = Path(data_dir).resolve()
     model_dir = ensure_model(model, data / "models", python=python, data_dir=data)
-    sizing = {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": KV_CACHE_SIZES[model],
+    # A float32 engine (a reference) keeps its KV cache in float32 too: twice the bytes for the same context.
+    kv_cache = KV_CACHE_SIZES[model] * (2 if engine_args.get("dtype") == "float32" else 1)
+    sizing = {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": kv_cache,
               "tool_call_parser": TOOL_CALL_PARSERS[model], "runner": RUNNERS.get(model)} | engine_args
     return Engine(python, model_dir, served_name or SERVED_NAMES[model], data_dir=data,
                   host=host, port=port, **sizing).start()

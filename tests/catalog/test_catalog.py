@@ -88,7 +88,8 @@ def test_it_lets_an_admin_add_a_model(client, auth, people):
     auth.login(people.carol)
     data = {"hf_id": "microsoft/Phi-3.5-mini-instruct", "display_name": "Phi 3.5 mini", "license_name": "MIT",
             "license_url": "https://opensource.org/license/mit", "attribution": "", "context_length": "131072",
-            "min_vram_mib": "8192", "reference_input_price": "0.15", "reference_output_price": "0.60",
+            "min_vram_mib": "8192", "parameters_millions": "3821", "reference_input_price": "0.15",
+            "reference_output_price": "0.60",
             "floor_input_price": "0.01", "floor_output_price": "0.02", "ceiling_input_price": "0.10",
             "ceiling_output_price": "0.30", "input_price": "0.03", "output_price": "0.05", "enabled": "y",
             "csrf_token": auth.token("/admin/models/new")}

@@ -47,7 +47,7 @@ def chat(env: dict, max_tokens: int = 8) -> str:
 
 
 def test_it_serves_from_nothing_beside_another_run_survives_a_restart_and_leaves_nothing(tmp_path):
-    first = Platform(tmp_path / "a" / "data", free_port())
+    first = Platform(tmp_path / "a" / "data", free_port(), GPUSHARE_DEMO_REFERENCE="1")
     second = None
     try:
         first.wait_for("Starting the demo host", PAGES_TIMEOUT)  # the web app answers before the engine is up
@@ -67,8 +67,15 @@ def test_it_serves_from_nothing_beside_another_run_survives_a_restart_and_leaves
         assert "Paid the demo host's owner 12.34 USD through the Stripe stand-in" in banner
         with admin_browser(base, env) as browser:
             money = browser.get("/admin/money").text
+            # The demo host was checked against the demo reference engine and verified before it served.
+            trust = browser.get("/admin/trust").text
+            demo_host = re.search(r'href="(/admin/trust/hosts/\d+)">demo host<', trust)[1]
+            evidence = browser.get(demo_host).text
         paid = money.split('id="paid-payouts"')[1].split("</table>")[0]
         assert "host@gpushare.localhost" in paid and "$12.34" in paid
+        assert "demo reference engine" in trust and "reference" in trust
+        assert "verified: serving clients" in evidence and 'id="evidence-chart"' in evidence
+        assert "The demo reference engine is up" in banner
 
         assert "Open LLMs through an OpenAI-compatible API" in get(f"{base}/")[1]
         assert 'name="password"' in get(f"{base}/login")[1]

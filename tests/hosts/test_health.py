@@ -64,4 +64,5 @@ def test_it_sweeps_nothing_when_nothing_expired(ctx):
 
 def test_it_lists_the_periodic_jobs(ctx):
     names = {job.func.__name__: job.every_seconds for job in jobs.periodic()}
-    assert names == {"check_hosts": 30, "void_expired": 15, "update_prices": 60, "pay_hosts": 3600}
+    assert names == {"check_hosts": 30, "void_expired": 15, "update_prices": 60, "pay_hosts": 3600, "schedule": 5,
+                     "update_reputation": 60}

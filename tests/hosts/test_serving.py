@@ -26,9 +26,15 @@ def test_the_routing_table_routes_exactly_the_hosts_that_serving_says_serve(peop
     owner = people.bob
     combinations = itertools.product(["pending", "approved", "rejected", "suspended"], [True, False], [True, False],
                                      [None, CLOSED, UNREADABLE], [True, False], [True, False], [True, False])
+    # Verification's inputs (trust state, reference) against a host that is otherwise serving, and one that is not.
+    trusted = [(status, True, True, None, True, True, healthy, trust, reference)
+               for status, healthy, trust, reference in itertools.product(
+                   ["approved", "suspended"], [True, False], Host.TRUST_STATES, [False, True])]
     made = []
-    for i, (status, enabled, available, windows, model_chosen, address, healthy) in enumerate(combinations):
-        host = make_host(owner, [MODEL], name=f"h{i}", status=status, enabled=enabled, healthy=healthy)
+    for i, (status, enabled, available, windows, model_chosen, address, healthy, trust, reference) in enumerate(
+            [(*combination, "verified", False) for combination in combinations] + trusted):
+        host = make_host(owner, [MODEL], name=f"h{i}", status=status, enabled=enabled, healthy=healthy,
+                         trust_state=trust, reference=reference)
         host.available, host.schedule, host.timezone = available, windows or [], "UTC"
         host.api_base = f"http://127.0.0.1:{9000 + i}" if address else None
         host.offers[0].enabled = model_chosen
@@ -37,12 +43,14 @@ def test_the_routing_table_routes_exactly_the_hosts_that_serving_says_serve(peop
     refresh_routes()
 
     offer = gateway().routing.model(MODEL)
-    routed = {route.host_id for route in gateway().routing.candidates(offer, 1)}
+    routed = [route.host_id for route in gateway().routing.candidates(offer, 1)]
     answers = {host.id: hosts.serving(host) for host in db.session.scalars(select(Host).where(Host.id.in_(made)))}
-    assert routed == {host_id for host_id, answer in answers.items() if answer.ok}
-    assert len(routed) == 1  # approved, enabled, switched on, no windows, a model, an address, healthy
+    assert set(routed) == {host_id for host_id, answer in answers.items() if answer.ok}
+    # Approved, enabled, switched on, no windows, a model, an address, healthy, not a reference: verified (twice)
+    # and degraded, which comes last, as a fallback.
+    assert len(routed) == 3 and answers[routed[-1]].code == "degraded"
     codes = {answer.code for answer in answers.values()}
-    assert codes == {"serving", *hosts.NOT_SERVING}
+    assert codes == {"serving", "degraded", *hosts.NOT_SERVING}
 
 
 def test_the_first_reason_is_the_one_given(people):
@@ -67,7 +75,7 @@ def test_hostkit_tells_a_disabled_or_suspended_host_the_truth(client, auth, peop
     hosts.change_status(admin, host.id, "approve")
     seed_catalog()
     hosts.set_model(people.bob, host, MODEL, True)
-    host.healthy = True
+    host.healthy, host.trust_state = True, "verified"
     db.session.commit()
 
     def shown(*command):

@@ -16,6 +16,7 @@ from jobs import payouts as payout_job
 
 from ..support.factories import make_host, make_key, make_user, refresh_routes
 from ..support.stripe_helpers import start
+from .simulation_trust import check_passed, claw_back, quarantine, release, release_all
 
 MODEL = "gpushare/tiny-chat"
 
@@ -38,6 +39,8 @@ class World:
     sessions: list = field(default_factory=list)  # (session id, user)
     log: list = field(default_factory=list)
     dead_routers: int = 0
+    hosts: list = field(default_factory=list)  # host ids, one per owner
+    admin: object = None
 
     def pick(self, items):
         return self.rng.choice(items) if items else None
@@ -47,11 +50,12 @@ def build(seed: int, standin, http, engines) -> World:
     world = World(random.Random(seed), standin, http)
     standin.autodeliver = False
     standin.balance = None
+    world.admin = make_user("admin@sim.test", client=False, admin=True)
     for i in range(2):
         user = make_user(f"client{i}@sim.test")
         world.clients.append((user, make_key(user)[1]))
         owner = make_user(f"owner{i}@sim.test", client=False, host=True)
-        make_host(owner, [MODEL], api_base=engines[i].api_base, name=f"rig{i}")
+        world.hosts.append(make_host(owner, [MODEL], api_base=engines[i].api_base, name=f"rig{i}").id)
         world.owners.append(owner)
         ledger.account_id("host", owner)  # so that its check runs from the first step
     model = db.session.scalar(select(CatalogModel).where(CatalogModel.hf_id == MODEL))
@@ -143,7 +147,8 @@ def request(world: World) -> str:
     headers = {"Authorization": f"Bearer {secret}"}
     if kind == "whole":
         response = world.http.post("/v1/chat/completions", json=body, headers=headers)
-        assert response.status_code in (200, 402, 502), response.get_data(as_text=True)
+        # 503: every host is quarantined.
+        assert response.status_code in (200, 402, 502, 503), response.get_data(as_text=True)
         return f"request ({response.status_code})"
     body["stream"] = True
     response = world.http.post("/v1/chat/completions", json=body, headers=headers, buffered=False)
@@ -276,7 +281,8 @@ def advance(minutes: int) -> None:
 
 
 STEP_WEIGHTS = {top_up: 3, settle: 1, request: 9, router_dies: 1, refund: 2, dispute: 1, win_dispute: 1,
-                webhook: 8, payout_run: 4, reverse: 2, clock: 2}
+                webhook: 8, payout_run: 4, reverse: 2, clock: 2, check_passed: 1, quarantine: 1, claw_back: 3,
+                release: 1}
 
 
 def micro(cents: int) -> int:
@@ -299,14 +305,16 @@ def check(world: World) -> None:
         if payout.status == "paid":
             assert sent and sent[0]["id"] == payout.stripe_transfer_id and micro(sent[0]["amount"]) == payout.amount
             assert payout.reversed <= micro(sent[0]["amount_reversed"])
-    # What each client has (spendable plus owed) is what it paid, less what was taken back, less its usage.
+    # What each client has (spendable plus owed) is what it paid, less what was taken back, less its usage (but for
+    # what a claw-back refunded).
     for email, has, bought, used in db.session.execute(text("""
             SELECT u.email,
                    (SELECT coalesce(sum(a.balance), 0) FROM ledger_accounts a
                      WHERE a.user_id = u.id AND a.kind IN ('client', 'receivable')),
                    (SELECT coalesce(sum(p.amount - p.refunded - p.disputed), 0) FROM purchases p
                      WHERE p.user_id = u.id AND p.status = 'paid'),
-                   (SELECT coalesce(sum(r.cost), 0) FROM usage_records r WHERE r.user_id = u.id)
+                   (SELECT coalesce(sum(r.cost), 0) FROM usage_records r WHERE r.user_id = u.id
+                     AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.id = 'clawback:' || r.request_id))
             FROM users u WHERE u.id = ANY(:ids)"""), {"ids": [user.id for user, _ in world.clients]}):
         assert has == bought - used, f"{email} has {has}, paid {bought} and used {used}"
     for row in db.session.scalars(select(UsageRecord)):
@@ -331,7 +339,9 @@ def check(world: World) -> None:
 
 
 def drain(world: World, max_attempts: int) -> None:
-    """Stripe delivers everything (some twice), time passes, jobs run until there is nothing left to do."""
+    """Every quarantine is decided (released), Stripe delivers everything (some twice), time passes, jobs run until
+    there is nothing left to do."""
+    release_all(world)
     world.standin.balance = None
     for step in range(200):
         collect(world)

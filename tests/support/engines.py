@@ -12,17 +12,8 @@ from hostkit.local.models import TOOL_CALL_PARSERS
 MODEL = "gpushare/tiny-chat"
 
 
-def start_tiny_chat(data_dir: Path, count: int = 1) -> tuple[list[Engine], Path]:
-    """``count`` started engines (side by side) and the model folder they serve."""
-    try:
-        python = engine_python()
-    except EngineError as exc:
-        pytest.fail(f"these tests need vLLM: {exc}", pytrace=False)
-    model_dir = ensure_model("tiny-chat", data_dir / "models", python=python, data_dir=data_dir)
-    engines = [Engine(python, model_dir, MODEL, data_dir=data_dir / f"engine{i}",
-                      tool_call_parser=TOOL_CALL_PARSERS["tiny-chat"],
-                      # The prompt-parity tests render other models' templates on these engines (/tokenize).
-                      extra_args=("--trust-request-chat-template",)) for i in range(count)]
+def start_all(engines: list[Engine]) -> list[str]:
+    """Start the engines side by side; what went wrong with each that did not start."""
     failures: list[str] = []
 
     def start(engine: Engine) -> None:
@@ -36,6 +27,21 @@ def start_tiny_chat(data_dir: Path, count: int = 1) -> tuple[list[Engine], Path]
         t.start()
     for t in threads:
         t.join()
+    return failures
+
+
+def start_tiny_chat(data_dir: Path, count: int = 1) -> tuple[list[Engine], Path]:
+    """``count`` started engines (side by side) and the model folder they serve."""
+    try:
+        python = engine_python()
+    except EngineError as exc:
+        pytest.fail(f"these tests need vLLM: {exc}", pytrace=False)
+    model_dir = ensure_model("tiny-chat", data_dir / "models", python=python, data_dir=data_dir)
+    engines = [Engine(python, model_dir, MODEL, data_dir=data_dir / f"engine{i}",
+                      tool_call_parser=TOOL_CALL_PARSERS["tiny-chat"],
+                      # The prompt-parity tests render other models' templates on these engines (/tokenize).
+                      extra_args=("--trust-request-chat-template",)) for i in range(count)]
+    failures = start_all(engines)
     if failures:
         for engine in engines:
             engine.stop()

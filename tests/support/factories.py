@@ -54,11 +54,14 @@ def personas() -> SimpleNamespace:
 
 
 def make_host(owner: User, models: list[str], *, api_base: str = "http://127.0.0.1:9", name: str = "rig",
-              healthy: bool = True, enabled: bool = True, status: str = "approved") -> Host:
-    """A host serving ``models`` (catalog ids; the catalog is seeded when empty) at ``api_base``."""
+              healthy: bool = True, enabled: bool = True, status: str = "approved", trust_state: str = "verified",
+              reference: bool = False) -> Host:
+    """A host serving ``models`` (catalog ids; the catalog is seeded when empty) at ``api_base``, verified unless
+    ``trust_state`` says otherwise."""
     if not db.session.scalar(select(CatalogModel.id).limit(1)):
         seed_catalog()
-    host = Host(owner_id=owner.id, name=name, status=status, enabled=enabled, healthy=healthy, api_base=api_base)
+    host = Host(owner_id=owner.id, name=name, status=status, enabled=enabled, healthy=healthy, api_base=api_base,
+                trust_state=trust_state, reference=reference)
     db.session.add(host)
     db.session.flush()
     for hf_id in models:

@@ -21,13 +21,11 @@ MODES = {"ok", "fail", "die_midstream", "stall", "stall_first", "garbage", "huge
          "slow", "abort"}
 
 
-class FakeHost:
-    def __init__(self, mode: str = "ok", *, chunk_delay: float = 0.0):
-        assert mode in MODES
-        self.mode = mode
-        self.chunk_delay = chunk_delay
-        self.requests: list[dict] = []
-        self.closed_early = threading.Event()
+class LoopbackHost:
+    """A host's engine address on loopback, served by the subclass's ``wsgi`` on a thread while the ``with``
+    lasts."""
+
+    def __init__(self):
         self.server = make_server("127.0.0.1", 0, self.wsgi, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
@@ -43,6 +41,16 @@ class FakeHost:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+class FakeHost(LoopbackHost):
+    def __init__(self, mode: str = "ok", *, chunk_delay: float = 0.0):
+        assert mode in MODES
+        self.mode = mode
+        self.chunk_delay = chunk_delay
+        self.requests: list[dict] = []
+        self.closed_early = threading.Event()
+        super().__init__()
 
     def wsgi(self, environ, start_response):
         request = Request(environ)

@@ -19,7 +19,7 @@ from app.dev.instance import Instance
 from app.dev.janitor import RUN_MARKER
 
 PAGES_TIMEOUT = 60  # the promise: pages within 60 s of a warm .venv
-BANNER_TIMEOUT = 240  # then the demo host's engine (its model is built on the first run)
+BANNER_TIMEOUT = 420  # then the demo hosts' engines (the model is built on the first run) and verification
 STOP_TIMEOUT = 90
 
 
@@ -46,6 +46,8 @@ class Platform:
         env.update({"GPUSHARE_DATA_DIR": str(data_dir), "PORT": str(port), "WEB_CONCURRENCY": "1",
                     "PYTHONUNBUFFERED": "1", RUN_MARKER: self.run_id,
                     "GPUSHARE_DEMO_MODEL": "tiny-chat",  # the demo host, with the small model the tests build
+                    # No reference engine verifying the demo host, but where a test asks: fewer engines, sooner up.
+                    "GPUSHARE_DEMO_REFERENCE": "0",
                     **env_overrides})
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log = (data_dir.parent / f"serve-{port}-{time.monotonic_ns()}.log").open("w+")

@@ -56,7 +56,7 @@ def test_it_passes_ansible_lint_in_the_production_profile():
 
 
 def test_it_pulls_the_engine_image_the_agent_runs():
-    from hostkit.agent import VLLM_IMAGE
+    from hostkit.engines import VLLM_IMAGE
 
     defaults = yaml.safe_load((ROOT / "ansible/roles/engine/defaults/main.yml").read_text())
     assert defaults["engine_vllm_image"] == VLLM_IMAGE

@@ -12,9 +12,10 @@ from app import ROOT
 UNITS = sorted((ROOT / "deploy").glob("*.service"))
 
 
-def test_the_units_are_the_four_services():
+def test_the_units_are_the_five_services():
     assert [unit.name for unit in UNITS] == ["gpushare-hub.service", "gpushare-scheduler.service",
-                                             "gpushare-web.service", "gpushare-worker.service"]
+                                             "gpushare-verifier.service", "gpushare-web.service",
+                                             "gpushare-worker.service"]
 
 
 def test_systemd_verifies_every_unit(tmp_path):
@@ -34,6 +35,8 @@ def test_a_unit_restarts_its_service_whenever_it_dies_and_never_gives_up(unit: P
     assert parser["Service"]["Restart"] == "always"
     assert parser["Unit"]["StartLimitIntervalSec"] == "0"
     command = parser["Service"]["ExecStart"].replace("\\\n", " ")
-    expected = {"gpushare-web.service": "gunicorn --worker-class gevent", "gpushare-worker.service": "wsgi worker",
+    expected = {"gpushare-web.service": "gunicorn --worker-class gevent",
+                "gpushare-worker.service": "wsgi worker --queue default",
+                "gpushare-verifier.service": "wsgi worker --queue verification",
                 "gpushare-scheduler.service": "wsgi scheduler", "gpushare-hub.service": "wsgi overlay-hub"}
     assert expected[unit.name] in " ".join(command.split())

@@ -143,8 +143,8 @@ FORMS = [
     ("carol", "/admin/credits", "/admin/credits", ["email", "amount", "memo", "idempotency_key"]),
     ("carol", "/admin/models/new", "/admin/models/new",
      ["hf_id", "display_name", "license_name", "license_url", "attribution", "context_length", "min_vram_mib",
-      "reference_input_price", "reference_output_price", "floor_input_price", "floor_output_price",
-      "ceiling_input_price", "ceiling_output_price", "input_price", "output_price", "enabled"]),
+      "parameters_millions", "reference_input_price", "reference_output_price", "floor_input_price",
+      "floor_output_price", "ceiling_input_price", "ceiling_output_price", "input_price", "output_price", "enabled"]),
 ]
 
 

@@ -242,7 +242,8 @@ def test_what_hostkit_itself_sends_fits_the_schemas():
     from jsonschema import Draft202012Validator
 
     from app.hostapi import schemas
-    from hostkit.agent import Agent, ProcessEngine
+    from hostkit.agent import Agent
+    from hostkit.engines import ProcessEngine
 
     agent = Agent(router=None, interface="gs0-host", engine=ProcessEngine(data_dir=None, venv=None),
                   heartbeat_seconds=15)
