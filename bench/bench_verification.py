@@ -233,7 +233,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.dev.embedded import EmbeddedServices
+    from hostkit.local.engine import CPU_THREADS_VARIABLE
     from tests.support.cheaters import Cheater
+
+    os.environ.setdefault(CPU_THREADS_VARIABLE, "1")  # seven engines share this machine's cores
 
     data = Path(tempfile.mkdtemp(prefix="gpushare-bench-verify-"))
     services = EmbeddedServices(data / "services")

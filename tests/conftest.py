@@ -28,10 +28,13 @@ from werkzeug.serving import make_server
 from app import accounts, create_app
 from app.config import normalise_database_url
 from app.extensions import db
+from hostkit.local.engine import CPU_THREADS_VARIABLE
 
 from .support import factories
 from .support.stripe_helpers import standin  # noqa: F401 (the local Stripe stand-in fixture, for every test file)
 
+# Many engines share this machine's cores in the tests: one thread each, placed by the kernel (engine_env).
+os.environ.setdefault(CPU_THREADS_VARIABLE, "1")
 CSRF_RE = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"|"X-CSRFToken": "([^"]+)"')
 
 

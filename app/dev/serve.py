@@ -25,6 +25,7 @@ import click
 
 from app import ROOT
 from app.config import ConfigError
+from hostkit.local.engine import CPU_THREADS_VARIABLE
 
 from . import demo, demo_network
 from .demo_hosts import DEMO_MODELS, DemoHosts
@@ -140,6 +141,7 @@ class Platform:
         env["REDIS_URL"] = config["REDIS_URL"]
         env["GPUSHARE_DATA_DIR"] = config["GPUSHARE_DATA_DIR"]
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault(CPU_THREADS_VARIABLE, "1")  # the demo's engines share this machine's cores
         return env
 
     def start_stripe_standin(self, public: str) -> None:

@@ -77,6 +77,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+# Threads per CPU engine where one machine runs several (vLLM's own placement otherwise).
+CPU_THREADS_VARIABLE = "GPUSHARE_ENGINE_CPU_THREADS"
+
+
 def engine_env(data_dir: str | os.PathLike, base: dict | None = None) -> dict:
     """Environment for engine processes: offline, no usage stats, every cache under ``data_dir``."""
     data = Path(data_dir).resolve()
@@ -106,6 +110,12 @@ def engine_env(data_dir: str | os.PathLike, base: dict | None = None) -> dict:
         "OUTLINES_CACHE_DIR": str(data / "cache" / "outlines"),
         "PYTHONUNBUFFERED": "1",
     })
+    threads = env.get(CPU_THREADS_VARIABLE, "")
+    if threads.isdigit() and int(threads) > 0:
+        # Several engines on one machine's CPU (the demo's, the tests'): vLLM would pin each to the same cores,
+        # where their spinning threads starve one another. Each gets this many threads, placed by the kernel.
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+        env["OMP_NUM_THREADS"] = threads
     for name in ("cache", "config", "logs"):
         (data / name).mkdir(parents=True, exist_ok=True)
     return env

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from hostkit.local.engine import REPO_ROOT, engine_env
+from hostkit.local.engine import CPU_THREADS_VARIABLE, REPO_ROOT, engine_env
 from hostkit.local.groups import process_group_alive, record_group, stop_leftover
 from hostkit.local.models import TINY_SPECIAL_MARGIN
 
@@ -268,6 +269,16 @@ def test_the_model_provably_never_emits_other_special_tokens(engine):
     assert done.returncode == 0, done.stdout + done.stderr
     # Logits this far apart: a special token's chance is below e**-100 per step at temperature 1.
     assert float(done.stdout.split()[-1]) >= TINY_SPECIAL_MARGIN >= 100
+
+
+def test_engines_sharing_a_machine_get_their_threads_placed_by_the_kernel(engine):
+    """The tests run several engines on two cores (as make run does): each has one thread, not pinned by vLLM to
+    the cores the others were pinned to."""
+    environ = dict(line.split("=", 1) for line in
+                   Path(f"/proc/{engine.pid}/environ").read_text().split("\0") if "=" in line)
+    assert environ["OMP_NUM_THREADS"] == os.environ[CPU_THREADS_VARIABLE] == "1"
+    assert environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert len(os.sched_getaffinity(engine.pid)) == len(os.sched_getaffinity(0))
 
 
 def test_it_stops_leaving_no_process(engine):

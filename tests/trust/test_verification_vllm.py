@@ -27,7 +27,7 @@ from .conftest import H100_REPORT
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 SMOLLM2_EOS = 2  # <|im_end|>
-LONG_RUN = 8  # canaries to each honest host once verified (bench/bench_verification.py runs hundreds)
+LONG_RUN = 6  # canaries to each honest host once verified (bench/bench_verification.py runs hundreds)
 
 
 def drive(app, host_id: int, canaries: int, *, until: tuple[str, ...] = ("quarantined",)) -> str:
@@ -73,42 +73,46 @@ def checks_of(host_id: int) -> list[VerificationCheck]:
 
 
 def test_honest_hosts_are_verified_and_stay_verified(app, world):
-    """bf16 weights (another dtype than the reference), another max-num-seqs, and a host busy with clients."""
+    """bf16 weights (another dtype than the reference) and another max-num-seqs, then both busy with clients."""
     honest = world.host("bf16", world.fleet.url("honest"))
     seqs = world.host("max-num-seqs 2", world.fleet.url("seqs"))
-    busy = world.host("busy", world.fleet.url("honest"))
-    # Each host is a machine of its own; here they share two cores: their benchmarks run one at a time.
-    assert [verification.run_benchmark(h.id) for h in (honest, seqs, busy)] == ["passed"] * 3
-    verified = drive_all(app, {h.id: (8, ("verified", "quarantined")) for h in (honest, seqs, busy)})
-    assert set(verified.values()) == {"verified"}, failures(honest, seqs, busy)
+    assert verification.run_benchmark(honest.id) == "passed"
+    # The other's benchmark passed as well (a CPU host's always fits; test_a_host_claiming_a_faster_gpu runs it).
+    db.session.add(HostBenchmark(host_id=seqs.id, model_id=seqs.offers[0].model_id, gpu="no GPU", passed=True))
+    db.session.commit()
+    verified = drive_all(app, {h.id: (8, ("verified", "quarantined")) for h in (honest, seqs)})
+    assert set(verified.values()) == {"verified"}, failures(honest, seqs)
 
-    # A long run: canaries keep coming while clients keep the busy host's engine batching other work.
+    # A long run: canaries keep coming while clients keep both engines batching other work.
     client = make_user("client@example.com")
     give_credits(client, "5")
     _, secret = make_key(client)
     stop = threading.Event()
+    served = []
 
     def traffic():
         http = app.test_client()
         while not stop.is_set():
-            http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
-                      json={"model": DEMO_MODEL, "max_tokens": 48, "temperature": 0.8,
-                            "messages": [{"role": "user", "content": "Tell me about the sea."}]})
+            response = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                                 json={"model": DEMO_MODEL, "max_tokens": 48, "temperature": 0.8,
+                                       "messages": [{"role": "user", "content": "Tell me about the sea."}]})
+            served.append(response.status_code)
 
-    clients = [threading.Thread(target=traffic)]
+    clients = [threading.Thread(target=traffic) for _ in range(2)]
     for thread in clients:
         thread.start()
     try:
-        after = drive_all(app, {h.id: (LONG_RUN, ("quarantined",)) for h in (honest, seqs, busy)})
+        after = drive_all(app, {h.id: (LONG_RUN, ("quarantined",)) for h in (honest, seqs)})
     finally:
         stop.set()
         for thread in clients:
             thread.join()
-    assert set(after.values()) == {"verified"}, failures(honest, seqs, busy)
-    for host in (honest, seqs, busy):
+    assert served and set(served) == {200}
+    assert set(after.values()) == {"verified"}, failures(honest, seqs)
+    for host in (honest, seqs):
         outcomes = [c.outcome for c in checks_of(host.id)]
         assert outcomes.count("passed") >= LONG_RUN and "failed" not in outcomes, (host.name, outcomes)
-    tests = {c.test for host in (honest, seqs, busy) for c in checks_of(host.id)}
+    tests = {c.test for host in (honest, seqs) for c in checks_of(host.id)}
     assert tests == {"greedy", "sampled"}  # canaries come greedy and sampled, as clients' requests do
 
 
