@@ -236,7 +236,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict:
         # half times it; a staged host, or one that just failed a check, is checked sooner), the passes that verify a
         # staged host, the honest canaries a calibration measures, the greedy checks the slow test averages over,
         # how often hardware is benchmarked again, and the verifier's credit line for the canaries it pays for.
-        "VERIFY_SAMPLE_BPS": env_int(env, "VERIFY_SAMPLE_BPS", 100, minimum=0, maximum=10_000),
+        "VERIFY_SAMPLE_BPS": env_int(env, "VERIFY_SAMPLE_BPS", 10, minimum=0, maximum=10_000),
         "VERIFY_CANARY_SECONDS": env_int(env, "VERIFY_CANARY_SECONDS", 60, minimum=1, maximum=86_400),
         "VERIFY_STAGED_CANARY_SECONDS": env_int(env, "VERIFY_STAGED_CANARY_SECONDS", 5, minimum=1, maximum=3600),
         "VERIFY_STAGED_PASSES": env_int(env, "VERIFY_STAGED_PASSES", 3, minimum=1, maximum=100),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import random
@@ -134,6 +135,10 @@ def windows(values: list[float], size: int, count: int, rng: random.Random) -> l
     return [sum(rng.sample(values, size)) / size for _ in range(count)] if len(values) >= size else []
 
 
+def sliding(values: list[float], size: int) -> list[float]:
+    return [sum(values[i:i + size]) / size for i in range(len(values) - size + 1)]
+
+
 def run_checks(app, host_id: int, count: int, parallel: int) -> list[dict]:
     """``count`` canaries to the host on the ordinary path, each checked against the reference."""
     from app.extensions import db
@@ -152,13 +157,31 @@ def run_checks(app, host_id: int, count: int, parallel: int) -> list[dict]:
             if row is None:
                 return {"outcome": "unchecked"}
             found = {"outcome": row.outcome, "test": row.test, "statistic": row.statistic,
-                     "threshold": row.threshold, "cost": row.cost_tokens, "seconds": time.monotonic() - started,
-                     "at": row.created_at}
+                     "threshold": row.threshold, "cost": row.cost_tokens, "tokens": row.tokens,
+                     "seconds": time.monotonic() - started, "at": row.created_at}
             db.session.remove()
             return found
 
     with ThreadPoolExecutor(parallel) as pool:
         return list(pool.map(one, range(count)))
+
+
+def served_tokens_per_second(app, host_id: int, concurrency: int = 8, requests: int = 32) -> float:
+    """The demo's traffic rate: what the host serves at full load (prompt and completion tokens per second, as
+    clients are billed) to requests shaped as clients' are (the canaries' own distribution)."""
+    from app.extensions import db
+    from app.models import Host
+    from app.trust import canaries, verifier
+
+    def one(_):
+        with app.app_context():
+            call = verifier.send(db.session.get(Host, host_id), canaries.request(MODEL))
+            return len(call.prompt_ids or ()) + call.completion_tokens
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        served = sum(pool.map(one, range(requests)))
+    return round(served / (time.monotonic() - started), 1)
 
 
 def summarise(name: str, results: list[dict], quarantined_at) -> dict:
@@ -171,6 +194,7 @@ def summarise(name: str, results: list[dict], quarantined_at) -> dict:
     return {"variant": name, "checks": len(conclusive), "failed": failed, "rate": rate, "rate_95": [low, high],
             "greedy_checks": sum(r["test"] == "greedy" for r in conclusive),
             "tokens_per_check": round(cost, 1),
+            "host_tokens_per_check": round(sum(r["tokens"] for r in conclusive) / max(len(conclusive), 1), 1),
             "tokens_to_quarantine": sum(r["cost"] for r in before) if quarantined_at else None,
             "caught_within_budget": caught_within(rate, int(TOKEN_BUDGET // cost)) if cost else 0.0,
             "seconds_per_check": round(sum(r["seconds"] for r in conclusive) / max(len(conclusive), 1), 2),
@@ -209,7 +233,7 @@ def time_to_quarantine(app, engines, trials: int) -> list[float]:
             switched = None
             while True:
                 verification.schedule()
-                worker.work(burst=True)
+                worker.work(burst=True, logging_level="WARNING")
                 if switched is None and time.monotonic() >= switch_at:
                     turncoat.switch_to(engines["int4"].root_url)
                     switched = time.monotonic()
@@ -229,7 +253,8 @@ def main() -> None:
     parser.add_argument("--checks", type=int, default=200, help="canaries per variant (default 200)")
     parser.add_argument("--parallel", type=int, default=4, help="canaries in flight per variant")
     parser.add_argument("--trials", type=int, default=3, help="real turncoat runs timed to quarantine")
-    parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="which of them (default: all)")
+    parser.add_argument("--json", type=Path, help="write the results, every check's statistic too, here")
     args = parser.parse_args()
 
     from app.dev.embedded import EmbeddedServices
@@ -237,6 +262,8 @@ def main() -> None:
     from tests.support.cheaters import Cheater
 
     os.environ.setdefault(CPU_THREADS_VARIABLE, "1")  # seven engines share this machine's cores
+    logging.getLogger("rq").setLevel(logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     data = Path(tempfile.mkdtemp(prefix="gpushare-bench-verify-"))
     services = EmbeddedServices(data / "services")
@@ -268,7 +295,7 @@ def measure(database_url, redis_url, data: Path, urls: dict, engines: dict, args
     from app.dev import demo
     from app.extensions import db
     from app.models import CatalogModel, Host, HostModel
-    from app.trust import calibration, hardware
+    from app.trust import calibration
 
     tokenizers = data / "tokenizers" / MODEL
     tokenizers.parent.mkdir(parents=True, exist_ok=True)
@@ -294,16 +321,17 @@ def measure(database_url, redis_url, data: Path, urls: dict, engines: dict, args
         print(f"calibrating against the honest host ({config['VERIFY_CALIBRATION_CHECKS']} canaries)...", flush=True)
         found = calibration.calibrate(hosts["honest"])
         thresholds = found.thresholds
-        throughput = hardware.benchmark(hosts["honest"]).results[-1]["tokens_per_second"]
+        throughput = served_tokens_per_second(app, hosts["honest"])
         db.session.execute(db.text("UPDATE hosts SET enabled = false WHERE name = 'honest'"))
         db.session.commit()
 
     results = {}
-    for name in VARIANTS:
+    variants = [name for name in VARIANTS if name in args.variants.split(",")]
+    for name in variants:
         print(f"{args.checks} canaries to the {name} host...", flush=True)
         results[name] = run_checks(app, hosts[name], args.checks, args.parallel)
     with app.app_context():
-        states = {name: db.session.get(Host, hosts[name]) for name in VARIANTS}
+        states = {name: db.session.get(Host, hosts[name]) for name in variants}
         quarantined = {name: host.trust_changed_at if host.trust_state == "quarantined" else None
                        for name, host in states.items()}
         window = config["VERIFY_WINDOW"]
@@ -311,21 +339,26 @@ def measure(database_url, redis_url, data: Path, urls: dict, engines: dict, args
         greedy = {name: [r["statistic"] for r in rows if r.get("test") == "greedy"] for name, rows in results.items()}
         sampled = {name: [r["statistic"] for r in rows if r.get("test") == "sampled"]
                    for name, rows in results.items()}
-        summaries = [summarise(name, results[name], quarantined[name]) for name in VARIANTS]
+        summaries = [summarise(name, results[name], quarantined[name]) for name in variants]
         for summary in summaries:
             summary["quarantined"] = quarantined[summary["variant"]] is not None
             summary["reason"] = states[summary["variant"]].trust_reason
-        int8 = {"greedy_auc": auc(greedy["int8"], greedy["honest"]),
-                "sampled_auc": auc(sampled["int8"], sampled["honest"]),
-                "window_auc": auc(windows(greedy["int8"], window, 500, rng),
-                                  windows(greedy["honest"], window, 500, rng)),
-                "window": window}
-        per_check = sum(s["tokens_per_check"] for s in summaries) / len(summaries)
+        int8 = {"greedy_auc": auc(greedy.get("int8", []), greedy.get("honest", [])),
+                "sampled_auc": auc(sampled.get("int8", []), sampled.get("honest", [])),
+                "window_auc": auc(windows(greedy.get("int8", []), window, 500, rng),
+                                  windows(greedy.get("honest", []), window, 500, rng)),
+                "window": window, "window_threshold": thresholds.get("window", {}).get("threshold"),
+                # The slow test as it runs: the mean of each run of the last VERIFY_WINDOW greedy checks.
+                "honest_sliding_max": max(sliding(greedy.get("honest", []), window), default=None),
+                "int8_sliding_min": min(sliding(greedy.get("int8", []), window), default=None)}
+        honest = next((s for s in summaries if s["variant"] == "honest"), summaries[0])
     print("timing turncoats against the real scheduler...", flush=True)
     times = time_to_quarantine(app, engines, args.trials)
-    canary_tokens_per_second = per_check / config["VERIFY_CANARY_SECONDS"]
+    # An honest host's canary: its prompt and answer on the host, and both again in the reference's pass. A sampled
+    # client answer: the reference's pass over that request's tokens, for the sampled share of what is served.
+    canary_tokens_per_second = honest["tokens_per_check"] / config["VERIFY_CANARY_SECONDS"]
     sampled_share = config["VERIFY_SAMPLE_BPS"] / 10_000
-    return {"summaries": summaries, "int8": int8, "thresholds": thresholds,
+    return {"summaries": summaries, "int8": int8, "thresholds": thresholds, "results": results,
             "demo_tokens_per_second": throughput,
             "cost_share": canary_tokens_per_second / throughput + sampled_share if throughput else None,
             "canary_seconds": config["VERIFY_CANARY_SECONDS"], "sample_share": sampled_share,
@@ -342,12 +375,17 @@ def print_report(report: dict) -> None:
               f"{s['tokens_per_check']:>9} {str(s['tokens_to_quarantine'] or '-'):>8} "
               f"{s['caught_within_budget']:>14.4f} {str(s['quarantined']):>11}")
     i8 = report["int8"]
-    print(f"\n8-bit AUC: single greedy checks {i8['greedy_auc']:.3f}, single sampled checks "
-          f"{(i8['sampled_auc'] or 0):.3f}, the slow test over {i8['window']} greedy checks "
-          f"{(i8['window_auc'] or 0):.3f}")
+    if i8["greedy_auc"] is not None:
+        print(f"\n8-bit AUC: single greedy checks {i8['greedy_auc']:.3f}, single sampled checks "
+              f"{(i8['sampled_auc'] or 0):.3f}, the slow test over {i8['window']} greedy checks "
+              f"{(i8['window_auc'] or 0):.3f}")
+    if i8["window_threshold"] is not None:
+        print(f"slow test: threshold {i8['window_threshold']:.5f} nats; the honest host's highest window "
+              f"{i8['honest_sliding_max'] or 0:.5f}, the 8-bit copy's lowest {i8['int8_sliding_min'] or 0:.5f}")
     share = report["cost_share"]
     print(f"cost: one canary every {report['canary_seconds']} s on average and {100 * report['sample_share']:.1f}% "
-          f"of client answers replayed, against the demo host's {report['demo_tokens_per_second']} tokens/s: "
+          f"of client answers re-scored, against the {report['demo_tokens_per_second']} tokens/s (prompt and "
+          f"completion) the honest host serves at full load: "
           f"{100 * share:.2f}% of served tokens" if share else "cost: no throughput measured")
     times = report["time_to_quarantine"]
     if times:
