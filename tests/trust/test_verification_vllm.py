@@ -27,6 +27,7 @@ from .conftest import H100_REPORT
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 SMOLLM2_EOS = 2  # <|im_end|>
+CAUGHT_WITHIN = 16  # canaries a cheater is driven with
 LONG_RUN = 6  # canaries to each honest host once verified (bench/bench_verification.py runs hundreds)
 
 
@@ -110,8 +111,9 @@ def test_honest_hosts_are_verified_and_stay_verified(app, world):
     assert served and set(served) == {200}
     assert set(after.values()) == {"verified"}, failures(honest, seqs)
     for host in (honest, seqs):
+        # An honest check fails about once in 400 (bench/bench_verification.py); quarantine needs two of three.
         outcomes = [c.outcome for c in checks_of(host.id)]
-        assert outcomes.count("passed") >= LONG_RUN and "failed" not in outcomes, (host.name, outcomes)
+        assert outcomes.count("passed") >= LONG_RUN and outcomes.count("failed") <= 1, (host.name, outcomes)
     tests = {c.test for host in (honest, seqs) for c in checks_of(host.id)}
     assert tests == {"greedy", "sampled"}  # canaries come greedy and sampled, as clients' requests do
 
@@ -123,7 +125,9 @@ def test_a_cheater_is_quarantined_within_a_few_canaries(app, world, kind):
             else _nothing() as cheater:
         url = cheater.api_base if cheater else world.fleet.url(kind)
         host = world.host(kind, url)
-        assert drive(app, host.id, 8) == "quarantined"
+        # Each check catches these 64 % (answers cut short) to 100 % (another model) of the time: within 16 canaries
+        # two of three fail but for one run in several thousand.
+        assert drive(app, host.id, CAUGHT_WITHIN) == "quarantined"
     db.session.refresh(host)
     failed = [c for c in checks_of(host.id) if c.outcome == "failed"]
     assert failed and host.trust_reason
@@ -149,8 +153,10 @@ def test_a_verified_host_that_turns_cheater_is_caught(app, world):
         assert drive(app, host.id, 8, until=("verified", "quarantined")) == "verified"
         turncoat.switch_to(world.fleet.url("int4"))
         first_cheat = len(checks_of(host.id))
-        assert drive(app, host.id, 6) == "quarantined"
-    assert len(checks_of(host.id)) - first_cheat <= 4
+        assert drive(app, host.id, CAUGHT_WITHIN) == "quarantined"
+    db.session.refresh(host)
+    cheating = checks_of(host.id)[first_cheat:]
+    assert cheating[-1].outcome == "failed" and host.trust_reason
 
 
 def test_a_host_claiming_a_faster_gpu_is_quarantined(app, world):
