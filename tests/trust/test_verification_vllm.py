@@ -142,7 +142,7 @@ def test_8bit_weights_are_caught_by_the_slow_test(app, world):
     """An 8-bit copy passes most single checks; the mean over a window of greedy checks gives it away."""
     host = world.host("int8", world.fleet.url("int8"))
     window = current_app.config["VERIFY_WINDOW"]
-    assert drive(app, host.id, 4 * window) == "quarantined"
+    assert drive(app, host.id, 8 * window) == "quarantined", failures(host)
     db.session.refresh(host)
     assert "greedy checks" in host.trust_reason or "checks failed" in host.trust_reason
 
