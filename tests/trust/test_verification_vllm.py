@@ -22,7 +22,7 @@ from jobs import queue, verification
 from jobs.queues import VERIFY_QUEUE
 
 from ..support.cheaters import Cheater
-from ..support.factories import give_credits, make_key, make_user
+from ..support.factories import give_credits, make_key, make_user, refresh_routes
 from .conftest import H100_REPORT
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
@@ -83,6 +83,7 @@ def test_honest_hosts_are_verified_and_stay_verified(app, world):
     db.session.commit()
     verified = drive_all(app, {h.id: (8, ("verified", "quarantined")) for h in (honest, seqs)})
     assert set(verified.values()) == {"verified"}, failures(honest, seqs)
+    refresh_routes()  # the router's table would see them verified within ROUTING_REFRESH_SECONDS
 
     # A long run: canaries keep coming while clients keep both engines batching other work.
     client = make_user("client@example.com")
