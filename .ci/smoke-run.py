@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,10 @@ def leftovers() -> list[str]:
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith("gs") and ("-hub" in name or "-demo" in name or "-host" in name):
             found.append(f"interface {name}")
+    if shutil.which("podman"):
+        names = subprocess.run(["podman", "ps", "--all", "--format", "{{.Names}}"], capture_output=True,
+                               text=True).stdout.split()
+        found += [f"engine container {name}" for name in names if name.startswith("gpushare-engine-")]
     return found
 
 

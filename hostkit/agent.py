@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from hostkit import diagnostics, wireguard
 from hostkit.client import DEFAULT_STATE_DIR, HostkitError, Router
 from hostkit.engine_flags import parser_settings
 from hostkit.engines import engine_metrics, log, pick_engine
+from hostkit.isolation import Limits
 
 DEFAULT_INTERFACE = "gpushare0"
 FIREWALL_TABLE = "gpushare_host"
@@ -138,22 +140,22 @@ class Agent:
 
     def engine_failed(self, why: str) -> None:
         """The engine exited or would not start: report it, and try again after a backoff."""
-        if time.monotonic() - self.engine_started_at >= ENGINE_STABLE_SECONDS:
-            self.engine_failures = 0
+        if self.engine_started_at and time.monotonic() - self.engine_started_at >= ENGINE_STABLE_SECONDS:
+            self.engine_failures = 0  # it had served well: this failure starts a new count
+        self.engine_started_at = 0.0  # failures to start again count on from here
         self.engine_failures += 1
         delay = min(ENGINE_MAX_BACKOFF_SECONDS, ENGINE_BACKOFF_SECONDS * 2 ** (self.engine_failures - 1))
         self.state, self.error = "failed", why
         self.retry_at = time.monotonic() + delay
-        log(f"{why}; starting it again in {delay:.0f}s")
+        headline, _, details = why.partition("\n")
+        log(f"{headline.rstrip(':')}; starting it again in {delay:.0f}s" + (f"\n{details}" if details else ""))
 
     def check_engine(self) -> None:
         """An engine that died is stopped for good (its whole process group, so nothing of it keeps the GPU)
         and reported; ``follow`` starts it again once its backoff has passed."""
         if self.engine.model and not self.engine.alive():
-            code = self.engine.exit_status()
+            how = self.engine.exit_reason()
             self.engine.stop()
-            how = "" if code is None else (f" (killed by {signal.Signals(-code).name})" if code < 0
-                                           else f" with status {code}")
             self.engine_failed(f"the engine exited{how}")
 
     # Heartbeats ----------------------------------------------------------------------------------------------
@@ -222,6 +224,13 @@ class Agent:
         return 0
 
 
+def _size(value: str) -> str:
+    """A memory size as the container runtimes take it: digits and a unit, "16g", "512m"."""
+    if not re.fullmatch(r"[1-9][0-9]*[bkmg]", value.lower()):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size such as 16g or 512m")
+    return value.lower()
+
+
 class Stopping(BaseException):
     """SIGINT or SIGTERM while the engine starts: the start is broken off (and what it began stopped), not
     waited for."""
@@ -240,9 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--interface", default=DEFAULT_INTERFACE, help="the WireGuard interface's name")
     parser.add_argument("--heartbeat", type=float, default=15, help="seconds between heartbeats")
-    parser.add_argument("--engine", choices=("auto", "docker", "process"), default="auto",
-                        help="docker: vLLM's image with the NVIDIA runtime; process: vLLM from a virtualenv")
-    parser.add_argument("--engine-venv", default=None, help="the process engine's virtualenv")
+    parser.add_argument("--engine", choices=("auto", "docker", "podman", "process"), default="auto",
+                        help="docker, podman: vLLM in an isolated container; process: vLLM from a virtualenv, "
+                             "not isolated; auto: the first of these this machine can run")
+    parser.add_argument("--engine-venv", default=None,
+                        help="the engine virtualenv (the process engine's, and what podman's local image holds)")
+    parser.add_argument("--engine-image", default=None,
+                        help="the container's image (default: vLLM's own; podman without a GPU: a local one)")
+    limits = parser.add_argument_group("the engine container's limits")
+    limits.add_argument("--engine-memory", default=Limits.memory, type=_size,
+                        help=f"memory, no swap (default {Limits.memory})")
+    limits.add_argument("--engine-pids", default=Limits.pids, type=int, help=f"processes (default {Limits.pids})")
+    limits.add_argument("--engine-cpus", default=None, type=float, help="CPUs (default all)")
+    limits.add_argument("--gpus", default="all", help='the GPUs it may use: "all" or indices, "0,2"')
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="models, caches and logs (default STATE_DIR/engine)")
     parser.add_argument("--authorized-keys", type=Path, default=Path(diagnostics.AUTHORIZED_KEYS),
@@ -250,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         router = Router(args.state_dir)
-        engine = pick_engine(args.engine, args.data_dir or args.state_dir / "engine", args.engine_venv)
+        engine = pick_engine(args.engine, args.data_dir or args.state_dir / "engine", args.engine_venv,
+                             image=args.engine_image, gpus=args.gpus,
+                             limits=Limits(memory=args.engine_memory, pids=args.engine_pids, cpus=args.engine_cpus))
         agent = Agent(router, interface=args.interface, engine=engine, heartbeat_seconds=args.heartbeat,
                       authorized_keys=args.authorized_keys)
         for sig in (signal.SIGINT, signal.SIGTERM):

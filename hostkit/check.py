@@ -1,8 +1,9 @@
 """``hostkit check``: can this machine serve models for gpushare? A verdict per part, in words or JSON.
 
 Parts: the operating system, NVIDIA GPUs and their memory (through NVML, or
-``nvidia-smi`` where the library is missing), the driver, Docker with the
-NVIDIA runtime, free disk, and WireGuard (kernel module or ``wireguard-go``).
+``nvidia-smi`` where the library is missing), the driver, the container
+runtime (Docker with the NVIDIA runtime, or podman) and whether it runs the
+engine isolated, free disk, and WireGuard (kernel module or ``wireguard-go``).
 Exit status 0 when the machine can serve GPU models, 1 when it cannot.
 """
 from __future__ import annotations
@@ -113,24 +114,60 @@ def check_gpu() -> tuple[Check, Check]:
     return gpu, Check("driver", FAIL, f"NVIDIA driver {driver} is too old: install {MIN_DRIVER} or newer", data)
 
 
-def check_docker() -> Check:
-    if shutil.which("docker") is None:
-        return Check("docker", WARN, "Docker is not installed: the engine will run as a vLLM process instead of "
-                                     "the vllm/vllm-openai container", {"installed": False})
-    done = _run("docker", "info", "--format", "{{json .Runtimes}}")
-    if done is None or done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["no answer"])[-1] if done else "no answer"
-        return Check("docker", WARN, f"Docker is installed but its daemon is not reachable: {reason}",
-                     {"installed": True, "running": False})
-    try:
-        runtimes = sorted(json.loads(done.stdout or "{}"))
-    except ValueError:
-        runtimes = []
-    data = {"installed": True, "running": True, "runtimes": runtimes}
-    if "nvidia" in runtimes:
-        return Check("docker", OK, "Docker with the NVIDIA container runtime", data)
-    return Check("docker", WARN, "Docker runs, but without the NVIDIA container runtime (install "
-                                 "nvidia-container-toolkit)", data)
+def check_container() -> Check:
+    """The container runtime the engine would run in, and whether it runs an engine isolated (``hostkit.container``):
+    Docker with the NVIDIA runtime on a GPU host, or podman; the isolation is tried for real where the engine's
+    image is on this machine."""
+    from hostkit.isolation import runtime_reachable
+
+    found = [runtime for runtime in ("docker", "podman") if runtime_reachable(runtime)]
+    installed = [runtime for runtime in ("docker", "podman") if shutil.which(runtime)]
+    if not found:
+        why = (f"{' and '.join(installed)} installed but not answering" if installed
+               else "neither Docker nor podman is installed")
+        return Check("container", WARN, f"No container runtime ({why}): the engine would run as a plain vLLM "
+                                        "process, not isolated from this machine", {"runtime": None,
+                                                                                  "installed": installed})
+    runtime = found[0]
+    data: dict = {"runtime": runtime, "installed": installed}
+    if runtime == "docker":
+        done = _run("docker", "info", "--format", "{{json .Runtimes}}")
+        data["nvidia"] = bool(done and "nvidia" in done.stdout)
+    else:
+        data["nvidia"] = any(Path(folder, name).exists() for folder in ("/etc/cdi", "/var/run/cdi")
+                             for name in ("nvidia.yaml", "nvidia.json"))
+    image = _local_image(runtime)
+    if image is None:
+        data["isolated"] = None
+        detail = (f"{runtime}{' with NVIDIA GPUs' if data['nvidia'] else ''}; the isolation is tried once the "
+                  "engine's image is here")
+        return Check("container", OK if data["nvidia"] or runtime == "podman" else WARN, detail, data)
+    from hostkit.isolation import probe
+
+    isolated, detail, seen = probe(runtime, image)
+    data |= {"isolated": isolated, "image": image.describe(), "seen": seen}
+    gpus = " with NVIDIA GPUs" if data["nvidia"] else ""
+    return Check("container", OK if isolated else FAIL, f"{runtime}{gpus}: the engine runs {detail}"
+                 if isolated else f"{runtime}{gpus}: the engine container is {detail}", data)
+
+
+def _local_image(runtime: str):
+    """The engine's image if it is on this machine already (nothing is pulled or built by a check)."""
+    from hostkit.engines import VLLM_IMAGE
+    from hostkit.isolation import Image
+
+    done = _run(runtime, "image", "inspect", VLLM_IMAGE)
+    if done is not None and done.returncode == 0:
+        return Image(ref=VLLM_IMAGE)
+    if runtime == "podman":
+        try:
+            from hostkit.local.image import PYTHON_IN_ROOT, cached_root
+        except ImportError:  # an installed hostkit carries no local/
+            return None
+        root = cached_root()
+        if root is not None:
+            return Image(rootfs=root, python=PYTHON_IN_ROOT)
+    return None
 
 
 def check_disk(path: Path) -> Check:
@@ -162,7 +199,7 @@ def check_wireguard() -> Check:
 
 def run_checks(data_dir: Path) -> list[Check]:
     gpu, driver = check_gpu()
-    return [check_os(), gpu, driver, check_docker(), check_disk(data_dir), check_wireguard()]
+    return [check_os(), gpu, driver, check_container(), check_disk(data_dir), check_wireguard()]
 
 
 def verdict(checks: list[Check]) -> tuple[bool, str]:

@@ -1,18 +1,19 @@
-"""The engine a host's agent runs: vLLM's own image in Docker on a GPU host (``DockerEngine``), or vLLM's CPU build
-as a process where there is no Docker (``ProcessEngine``: the demo and the tests); ``pick_engine`` chooses. Both
-listen on the overlay address only, and start in float32 when the router asks (a reference engine)."""
+"""The engine a host's agent runs: an isolated container under Docker or podman (``hostkit.container``), vLLM's
+own image on a GPU host or this machine's engine image on a CPU one; or vLLM's CPU build as a plain process where
+there is no container runtime (``ProcessEngine``). ``pick_engine`` chooses. All are reached on the overlay
+address only, and start in float32 when the router asks (a reference engine)."""
 from __future__ import annotations
 
-import shutil
+import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from hostkit.client import HostkitError
-from hostkit.engine_flags import parser_args
+from hostkit.container import ContainerEngine
+from hostkit.isolation import Image, Limits, runtime_reachable
 
 VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"  # the vLLM of hostkit/requirements-engine.txt
 
@@ -81,9 +82,13 @@ class ProcessEngine:
     def alive(self) -> bool:
         return self.engine is not None and self.engine.alive()
 
-    def exit_status(self) -> int | None:
+    def exit_reason(self) -> str:
+        """How the engine ended, for the owner: " (killed by SIGKILL)", " with status 1", or ""."""
         process = self.engine.process if self.engine else None
-        return process.poll() if process else None
+        code = process.poll() if process else None
+        if code is None:
+            return ""
+        return f" (killed by {signal.Signals(-code).name})" if code < 0 else f" with status {code}"
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -91,71 +96,51 @@ class ProcessEngine:
         self.engine, self.model, self.dtype = None, None, None
 
 
-class DockerEngine:
-    """vLLM's own image on a GPU host, with the NVIDIA runtime, listening on the overlay address only."""
-
-    kind = "docker"
-    container = "gpushare-engine"
-
-    def __init__(self, image: str, ready_timeout: float = 1800):
-        self.image, self.ready_timeout = image, ready_timeout
-        self.model: str | None = None
-        self.dtype: str | None = None
-        self.host = self.port = None
-        self.max_model_len = None
-
-    def start(self, model: str, host: str, port: int, dtype: str | None = None, **parsers):
-        subprocess.run(["docker", "rm", "-f", self.container], capture_output=True)
-        command = ["docker", "run", "--detach", "--name", self.container, "--gpus", "all", "--ipc", "host",
-                   "--network", "host", "--volume", "/var/lib/hostkit/hf-cache:/root/.cache/huggingface",
-                   self.image, "--model", model, "--served-model-name", model, "--host", host, "--port", str(port),
-                   *parser_args(**parsers), *(["--dtype", dtype] if dtype else [])]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise HostkitError(f"docker run {self.image}: {done.stderr.strip()}")
-        self.model, self.dtype, self.host, self.port = model, dtype, host, port
-        try:
-            self._wait_ready()
-        except BaseException:  # not ready, or the agent is stopping: the container goes
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise HostkitError(f"the engine container exited; see `docker logs {self.container}`")
-            try:
-                with urllib.request.urlopen(f"{self.root_url}/v1/models", timeout=5):
-                    return
-            except (urllib.error.URLError, OSError):
-                time.sleep(2)
-        raise HostkitError(f"the engine was not ready after {self.ready_timeout:.0f}s")
-
-    @property
-    def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def alive(self) -> bool:
-        done = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", self.container],
-                              capture_output=True, text=True)
-        return done.returncode == 0 and done.stdout.strip() == "true"
-
-    def exit_status(self) -> int | None:
-        done = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", self.container],
-                              capture_output=True, text=True)
-        return int(done.stdout) if done.returncode == 0 and done.stdout.strip().lstrip("-").isdigit() else None
-
-    def stop(self) -> None:
-        subprocess.run(["docker", "stop", "--time", "30", self.container], capture_output=True)
-        subprocess.run(["docker", "rm", "-f", self.container], capture_output=True)
-        self.model, self.dtype = None, None
-
-
-def pick_engine(kind: str, data_dir: Path, venv: str | None):
+def pick_engine(kind: str, data_dir: Path, venv: str | None, *, image: str | None = None,
+                limits: Limits = Limits(), gpus: str | None = "all"):
+    """The engine the agent runs: ``kind`` "docker" or "podman" (a container, ``hostkit.container``), "process"
+    (vLLM's CPU build as a plain process), or "auto": Docker where it has the NVIDIA runtime, else podman where
+    it can run a GPU (CDI) or this machine's engine image, else a process."""
     if kind == "auto":
-        docker = shutil.which("docker") is not None and subprocess.run(
-            ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True
-        ).stdout.find("nvidia") >= 0
-        kind = "docker" if docker else "process"
-    return DockerEngine(VLLM_IMAGE) if kind == "docker" else ProcessEngine(data_dir, venv)
+        kind = _auto_kind(venv, image)
+    if kind == "process":
+        return ProcessEngine(data_dir, venv)
+    if kind == "podman" and image is None and not _nvidia_cdi():
+        try:
+            from hostkit.local.engine import EngineError
+            from hostkit.local.image import PYTHON_IN_ROOT, engine_root
+        except ImportError:  # an installed hostkit carries no local/: GPU hosts use vLLM's image
+            raise HostkitError("podman without a GPU runs the engine image built from a gpushare checkout "
+                               "(hostkit.local); give --engine-image, or set up the NVIDIA toolkit's CDI") from None
+        try:
+            root = engine_root(venv)
+        except EngineError as error:
+            raise HostkitError(f"no engine image for podman: {error}") from None
+        return ContainerEngine("podman", Image(rootfs=root, python=PYTHON_IN_ROOT), data_dir, limits=limits,
+                               gpus=None, local_sizing=True)
+    return ContainerEngine(kind, Image(ref=image or VLLM_IMAGE), data_dir, limits=limits, gpus=gpus)
+
+
+def _auto_kind(venv: str | None, image: str | None) -> str:
+    if runtime_reachable("docker") and "nvidia" in subprocess.run(
+            ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True).stdout:
+        return "docker"
+    if runtime_reachable("podman"):
+        if image is not None or _nvidia_cdi():
+            return "podman"
+        try:
+            from hostkit.local.engine import EngineError, engine_python
+        except ImportError:  # an installed hostkit carries no local/
+            return "process"
+        try:
+            engine_python(venv)
+            return "podman"
+        except EngineError:
+            pass
+    return "process"
+
+
+def _nvidia_cdi() -> bool:
+    """Whether the NVIDIA Container Toolkit has described this machine's GPUs for CDI (podman's way to them)."""
+    return any(Path(folder, "nvidia.yaml").exists() or Path(folder, "nvidia.json").exists()
+               for folder in ("/etc/cdi", "/var/run/cdi"))

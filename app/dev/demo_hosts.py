@@ -9,6 +9,7 @@ start on a small machine) the demo hosts are taken as verified at approval.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ class DemoHosts:
     def __init__(self, platform, checkpoint: Callable[[], None]):
         self.platform, self.checkpoint = platform, checkpoint
 
-    def start(self, model: str, router_url: str, *, reference: bool) -> None:
+    def start(self, model: str, router_url: str, *, reference: bool, engine: str = "auto") -> None:
         """Start them all at once, and wait until they serve."""
         platform = self.platform
         chat, embeddings, reference_machine = platform.instance.demo_machines
@@ -44,10 +45,11 @@ class DemoHosts:
         if reference:
             click.echo(f"Building {DEMO_MODELS[model]} for the demo host and its reference engine...")
             demo.build_shared_model(model, platform.data_dir / "engine", platform.data_dir / "engine-reference")
+        engine = self.chat_engine(engine)
         click.echo(f"Starting the demo hosts: {names} on vLLM (CPU); this takes a few minutes...")
         started = time.monotonic()
         host_id = self.start_one(demo.DEMO_HOST_NAME, "demo-host", "engine", model, chat, router_url,
-                                 trusted=not reference)
+                                 trusted=not reference, engine=engine)
         waiting = {host_id: demo.DEMO_HOST_NAME,
                    self.start_one(demo.DEMO_EMBEDDINGS_HOST_NAME, "demo-embeddings-host", "engine-embeddings",
                                   "minilm", embeddings, router_url, trusted=not reference):
@@ -74,8 +76,35 @@ class DemoHosts:
                                            f"{DEMO_READY_TIMEOUT_SECONDS}s")
             platform.supervisor.sleep(0.5)
 
+    @staticmethod
+    def chat_engine(choice: str) -> str:
+        """How the demo chat host runs its engine (``choice``: auto, podman or process): in a podman container
+        where podman runs as root here (from the engine image built on this machine, once), else as a plain
+        process. The host page says which."""
+        from hostkit.isolation import runtime_reachable
+        from hostkit.local.engine import EngineError
+        from hostkit.local.image import engine_root
+
+        if choice == "process":
+            return "process"
+        if os.geteuid() != 0 or not runtime_reachable("podman"):
+            if choice == "podman":
+                raise click.ClickException("GPUSHARE_DEMO_ENGINE=podman needs podman, run as root")
+            click.echo("The demo host runs vLLM as a plain process (with podman installed and root, it would run "
+                       "in an isolated container).")
+            return "process"
+        click.echo("The demo host runs vLLM in a podman container; building its engine image (once)...")
+        try:
+            engine_root()
+        except EngineError as error:
+            if choice == "podman":
+                raise click.ClickException(f"no engine image for the demo host: {error}") from None
+            click.echo(f"No engine image ({error}): the demo host runs vLLM as a plain process.")
+            return "process"
+        return "podman"
+
     def start_one(self, name: str, folder: str, engine_folder: str, model: str, machine, router_url: str, *,
-                  reference: bool = False, trusted: bool = False) -> int:
+                  reference: bool = False, trusted: bool = False, engine: str = "process") -> int:
         """Register, approve and start one demo host's agent on ``machine`` (an ``instance.DemoMachine``), with
         its state in ``folder`` and its engine's models, caches and logs in ``engine_folder``; a ``reference``
         is marked so before its agent starts (its engine then runs in float32), a ``trusted`` one taken as
@@ -102,7 +131,7 @@ class DemoHosts:
         click.echo(f"The {name} is approved (by {demo.DEMO_ADMIN_EMAIL}) at overlay address "
                    f"{host.overlay_address}.")
         platform.supervisor.start(f"{name}'s agent", [
-            *hostkit, "agent", "--state-dir", str(state_dir), "--engine", "process", "--data-dir", str(engine_dir),
+            *hostkit, "agent", "--state-dir", str(state_dir), "--engine", engine, "--data-dir", str(engine_dir),
             "--heartbeat", "2", "--interface", machine.interface,
             "--authorized-keys", str(state_dir / "authorized_keys")], env=platform.env, cwd=ROOT,
             stop_seconds=DEMO_STOP_SECONDS, stop_first=True)

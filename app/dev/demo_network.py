@@ -57,5 +57,6 @@ def remove(namespace: str, veth: str) -> None:
 
 
 def command(machine: DemoMachine, *args: str) -> list[str]:
-    """``args`` run inside a demo machine."""
-    return ["ip", "netns", "exec", machine.namespace, *args]
+    """``args`` run inside a demo machine: in its network namespace, the rest of this machine as it is (``ip
+    netns exec`` would mount a /sys of its own, without the cgroup filesystems a container runtime needs)."""
+    return ["nsenter", f"--net=/var/run/netns/{machine.namespace}", *args]

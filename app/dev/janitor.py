@@ -11,7 +11,7 @@ because it died, the janitor:
 2. stops the embedded Redis and PostgreSQL that this run started: those of
    its data directory that started after the janitor did (a server reused
    from another command is older, and is left running);
-3. removes the run's network namespace, interfaces and firewall tables.
+3. removes the run's engine containers, network namespace, interfaces and firewall tables.
 
 After an orderly stop it finds nothing and says nothing.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +146,26 @@ def _started_since(pid_file: Path, since: float) -> psutil.Process | None:
         return None
 
 
+def run_containers(data_dir: Path) -> list[str]:
+    """The engine containers of the run's demo hosts that podman still lists (running or not)."""
+    from hostkit.container import container_name
+
+    if shutil.which("podman") is None:
+        return []
+    names = [container_name(folder) for folder in sorted(data_dir.glob("engine*"))]
+    return [name for name in names
+            if subprocess.run(["podman", "container", "exists", name], capture_output=True).returncode == 0]
+
+
+def remove_containers(data_dir: Path) -> list[str]:
+    """Remove the engine containers of the run's demo hosts (one whose agent died stopped by itself, and stays
+    listed until removed). Returns what was there."""
+    found = run_containers(data_dir)
+    for name in found:
+        subprocess.run(["podman", "rm", "--force", "--time", "10", name], capture_output=True)
+    return [f"engine container {name}" for name in found]
+
+
 def remove_network(netns: list[str], veths: list[str], links: list[str], tables: list[str]) -> list[str]:
     """Remove the run's namespaces (with their veth pairs), interfaces and firewall tables. Returns what was
     there."""
@@ -216,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         groups |= groups_of(marked(args.run_id, (serve,))) - ours
     left = sweep(args.run_id, args.data_dir.resolve(), since, args.grace, spare=(serve,), groups=groups)
     (args.data_dir / SERVICES_FILE).unlink(missing_ok=True)
+    left += remove_containers(args.data_dir.resolve())
     left += remove_network(args.netns, args.veth, args.link, args.nft_table)
     if left:
         _say("removed what the platform left behind: " + "; ".join(left))

@@ -170,7 +170,8 @@ class Platform:
             "--connect-webhook-url", f"{public}/stripe/connect-webhook", "--state", str(state)),
             env=env, cwd=ROOT)
 
-    def run(self, host: str, port: int, workers: int, demo_model: str, demo_reference: bool) -> None:
+    def run(self, host: str, port: int, workers: int, demo_model: str, demo_reference: bool,
+            demo_engine: str = "auto") -> None:
         from flask_migrate import upgrade
 
         public = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -210,7 +211,7 @@ class Platform:
         _wait_ready(f"{public}/healthz", self.supervisor)
         if demo_model != "none":
             hosts = DemoHosts(self, checkpoint)
-            hosts.start(demo_model, router_url, reference=demo_reference)
+            hosts.start(demo_model, router_url, reference=demo_reference, engine=demo_engine)
             if self.standin:
                 hosts.pay(public)
         click.echo(demo.banner(info, self.data_dir / "demo.env", public, DEMO_MODELS.get(demo_model)))
@@ -259,7 +260,11 @@ def _remove_hub(interface: str) -> None:
 @click.option("--demo-reference/--no-demo-reference", envvar="GPUSHARE_DEMO_REFERENCE", default=True,
               show_default=True, help="Run a reference engine that verifies the demo host; without it the demo "
                                       "hosts are taken as verified (a faster start on a small machine).")
-def serve(host: str, port: int, workers: int, demo_model: str, demo_reference: bool) -> None:
+@click.option("--demo-engine", envvar="GPUSHARE_DEMO_ENGINE", default="auto", show_default=True,
+              type=click.Choice(["auto", "podman", "process"]),
+              help="How the demo chat host runs vLLM: in a podman container (auto: where podman runs as root here) "
+                   "or as a plain process.")
+def serve(host: str, port: int, workers: int, demo_model: str, demo_reference: bool, demo_engine: str) -> None:
     """Migrate, seed, and run the platform until Ctrl-C."""
     # Explicitly: a process started with SIGINT ignored (a background job of a script) would not get Python's
     # KeyboardInterrupt.
@@ -290,7 +295,7 @@ def serve(host: str, port: int, workers: int, demo_model: str, demo_reference: b
         with app.app_context():
             platform = Platform(app, instance, wireguard, supervisor, services)
             try:
-                platform.run(host, port, workers, demo_model, demo_reference)
+                platform.run(host, port, workers, demo_model, demo_reference, demo_engine)
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not strand a server
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)

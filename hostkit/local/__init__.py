@@ -6,7 +6,9 @@
   (``record_group``, ``stop_leftover``).
 - ``models``: ``python -m hostkit.local.models``: the tiny test model (tiny-chat) built from nothing, and
   SmolLM2-135M-Instruct from a wheel; no download at run time.
+- ``image``: ``python -m hostkit.local.image``: the engine image for podman without a registry, a Debian root
+  made with debootstrap holding the engine virtualenv's vLLM.
 
 The router imports ``engine`` for its tests and ``make run``'s demo host only; it uses the standard library
-alone. A GPU host runs vLLM's own image instead (``hostkit.engines.DockerEngine``).
+alone. A GPU host runs vLLM's own image instead (``hostkit.container``).
 """

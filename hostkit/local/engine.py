@@ -110,15 +110,21 @@ def engine_env(data_dir: str | os.PathLike, base: dict | None = None) -> dict:
         "OUTLINES_CACHE_DIR": str(data / "cache" / "outlines"),
         "PYTHONUNBUFFERED": "1",
     })
-    threads = env.get(CPU_THREADS_VARIABLE, "")
-    if threads.isdigit() and int(threads) > 0:
-        # Several engines on one machine's CPU (the demo's, the tests'): vLLM would pin each to the same cores,
-        # where their spinning threads starve one another. Each gets this many threads, placed by the kernel.
-        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-        env["OMP_NUM_THREADS"] = threads
+    env.update(cpu_threads(env))
     for name in ("cache", "config", "logs"):
         (data / name).mkdir(parents=True, exist_ok=True)
     return env
+
+
+def cpu_threads(env: dict) -> dict:
+    """The variables that give a CPU engine $GPUSHARE_ENGINE_CPU_THREADS threads, when ``env`` sets it.
+
+    Several engines on one machine's CPU (the demo's, the tests'): vLLM would pin each to the same cores, where
+    their spinning threads starve one another. Each gets this many threads, placed by the kernel."""
+    threads = env.get(CPU_THREADS_VARIABLE, "")
+    if threads.isdigit() and int(threads) > 0:
+        return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads}
+    return {}
 
 
 def ensure_model(model: str, models_dir: str | os.PathLike, *, python: str | os.PathLike | None = None,

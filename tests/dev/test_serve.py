@@ -71,6 +71,10 @@ def test_it_serves_from_nothing_beside_another_run_survives_a_restart_and_leaves
             trust = browser.get("/admin/trust").text
             demo_host = re.search(r'href="(/admin/trust/hosts/\d+)">demo host<', trust)[1]
             evidence = browser.get(demo_host).text
+            fleet = browser.get("/admin/hosts").text
+        # The demo host's engine runs in a podman container (make test installs podman), and the page says so.
+        demo_row = fleet.split(">demo host<")[1].split("</tr>")[0]
+        assert "engine in a podman container, isolated from the machine" in " ".join(demo_row.split()), demo_row
         paid = money.split('id="paid-payouts"')[1].split("</table>")[0]
         assert "host@gpushare.localhost" in paid and "$12.34" in paid
         assert "demo reference engine" in trust and "reference" in trust

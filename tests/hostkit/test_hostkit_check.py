@@ -28,7 +28,7 @@ def test_it_says_plainly_that_there_is_no_gpu():
 def test_it_reports_json():
     report = json.loads(hostkit("check", "--json").stdout)
     by_name = {c["name"]: c for c in report["checks"]}
-    assert report["ready"] is False and set(by_name) == {"os", "gpu", "driver", "docker", "disk", "wireguard"}
+    assert report["ready"] is False and set(by_name) == {"os", "gpu", "driver", "container", "disk", "wireguard"}
     assert by_name["gpu"]["status"] == "fail" and by_name["disk"]["data"]["free_gib"] > 0
 
 

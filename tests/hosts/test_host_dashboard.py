@@ -63,6 +63,18 @@ def test_it_polls_the_status_with_the_heartbeat_figures(client, auth, people):
     assert "HX-Request" in response.headers["Vary"]
 
 
+@pytest.mark.parametrize("kind, shown", [
+    ("podman", "in a podman container, isolated from the machine"),
+    ("docker", "in a docker container, isolated from the machine"),
+    ("process", "as a plain vLLM process (not isolated: with podman or Docker it would run in a container)"),
+])
+def test_it_says_whether_the_engine_runs_isolated(client, auth, people, kind, shown):
+    host = rig(people.bob, models=[MODEL], heartbeat={"engine": "running", "models": [MODEL], "engine_kind": kind})
+    auth.login(people.bob)
+    part = client.get(f"/host/{host.id}/status", headers=HX).get_data(as_text=True)
+    assert f"<dt>Runs</dt><dd>{shown}" in " ".join(re.sub(r"</?small[^>]*>", "", part).split())
+
+
 def test_it_says_when_a_host_is_outside_its_schedule_and_stops_polling_a_rejected_one(client, auth, people):
     other_day = (utcnow().weekday() + 3) % 7
     host = rig(people.bob, schedule=[{"days": [other_day], "start": 0, "end": 1440}], timezone="UTC",

@@ -1,31 +1,25 @@
-"""Hosts on the WireGuard overlay, end to end, in network namespaces made for this module.
+"""Hosts on the WireGuard overlay, end to end, in the network namespaces of the package's world (conftest.py).
 
-The router machine (its own namespace) runs ``python -m app.dev.serve``: web app, RQ
-worker and scheduler, and the overlay hub on ``wireguard-go``. Two host
-machines (namespaces on the same LAN) each run the real ``hostkit register``
-and ``hostkit agent``, which joins the overlay and serves tiny-chat on vLLM
-bound to its overlay address. Clients and the admin sit in the test's own
-namespace. The tests in this module run in order and share that world.
+Two host machines run the real ``hostkit register`` and ``hostkit agent``, which joins the overlay and serves
+tiny-chat on vLLM reached on its overlay address alone: h1 in a podman container, h2 as a process. The tests in
+this module run in order and share that world.
 """
 from __future__ import annotations
 
 import ipaddress
-import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from app import ROOT, create_app
-from app.config import normalise_database_url
-from app.extensions import db
-from hostkit.local.engine import EngineError, engine_python, ensure_model
+from app import ROOT
+from hostkit.container import container_name
 
 from ..support import factories
-from ..support.netns import Lan, Machine
+from ..support.netns import Machine
 from .world import ENGINE_PORT, MODEL, ROUTER_PORT, Stream, World, wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.root, pytest.mark.timeout(900)]
@@ -35,60 +29,6 @@ TOO_LARGE = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 
-
-
-@pytest.fixture(scope="module")
-def world(servers, tmp_path_factory, request):
-    tmp = tmp_path_factory.mktemp("overlay")
-    lan = Lan(hosts=2)
-    request.addfinalizer(lan.close)  # also when the set-up fails half way
-    app = create_app({"TESTING": True, "GPUSHARE_ENV": "test", "SECRET_KEY": "overlay-test-secret-key-long-enough",
-                      "GPUSHARE_DATA_DIR": str(tmp / "admin"),
-                      "SQLALCHEMY_DATABASE_URI": normalise_database_url(servers["database"]),
-                      "REDIS_URL": servers["redis"], "OVERLAY_NETWORK": lan.overlay})
-    with app.app_context():
-        from flask_migrate import upgrade
-
-        upgrade()
-        tables = ", ".join(f'"{t.name}"' for t in db.metadata.sorted_tables)
-        db.session.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        db.session.commit()
-        app.extensions["redis"].flushdb()
-    try:
-        python = engine_python()
-        model_dir = ensure_model("tiny-chat", tmp / "models", python=python, data_dir=tmp)
-    except EngineError as error:
-        pytest.fail(f"these tests need vLLM: {error}", pytrace=False)
-    router_data = tmp / "router"
-    (router_data / "tokenizers" / "gpushare").mkdir(parents=True)
-    (router_data / "tokenizers" / MODEL).symlink_to(model_dir, target_is_directory=True)
-    world = World(app, lan, tmp, model_dir)
-    env = dict(os.environ, DATABASE_URL=servers["database"], REDIS_URL=servers["redis"],
-               GPUSHARE_DATA_DIR=str(router_data), GPUSHARE_PUBLIC_URL=world.url,
-               OVERLAY_NETWORK=lan.overlay, OVERLAY_INTERFACE=lan.interface("hub"),
-               OVERLAY_ENDPOINT=f"{lan.router.address}:51820", OVERLAY_LISTEN_PORT="51820",
-               OVERLAY_RECONCILE_SECONDS="2",
-               HEALTH_CHECK_SECONDS="1", ROUTING_REFRESH_SECONDS="1", GPUSHARE_DEMO_MODEL="none")
-    try:
-        lan.router.spawn(sys.executable, "-m", "app.dev.serve", "--host", "0.0.0.0",
-                         "--port", str(ROUTER_PORT), log=tmp / "router.log", env=env, cwd=str(ROOT))
-        wait_until(lambda: _answers(f"{world.url}/healthz"), 90, "the router answers")
-        yield world
-    except BaseException:
-        print(world.logs())
-        raise
-    finally:
-        lan.close()  # before the database goes: agents and the router say goodbye first
-        with app.app_context():
-            db.engine.dispose()
-        app.extensions["redis"].close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_a_host_goes_from_registration_to_serving_over_the_overlay(world):
@@ -110,13 +50,14 @@ def test_a_host_goes_from_registration_to_serving_over_the_overlay(world):
     elapsed = time.monotonic() - started
     print(f"\nfrom `hostkit register` to the first request served: {elapsed:.1f}s")
     assert first.json()["usage"]["completion_tokens"] > 0
-    wait_until(lambda: world.chat().status_code == 200 and {"h1", "h2"} <= set(world.served_by()), 120,
+    wait_until(lambda: world.chat().status_code == 200 and {"h1", "h2"} <= set(world.served_by()), 240,
                "both hosts have served a request")
     for name in ("h1", "h2"):
         host = world.host(name)
         assert host.api_base == f"http://{host.overlay_address}:{ENGINE_PORT}"
         assert ipaddress.ip_address(str(host.overlay_address)) in ipaddress.ip_network(world.lan.overlay)
         assert host.heartbeat["engine"] == "running" and host.heartbeat["overlay"] == "wireguard"
+        assert host.heartbeat["engine_kind"] == {"h1": "podman", "h2": "process"}[name]
         assert host.heartbeat["max_model_len"] == 2048
         assert host.wg_endpoint and host.wg_endpoint.startswith(world.lan.prefix)
 
@@ -162,6 +103,12 @@ def test_only_the_router_reaches_a_hosts_engine(world):
     assert h2.can_connect(router.address, ROUTER_PORT), "hosts reach the host API on the router's public address"
 
 
+def _container_runs(world: World, machine: Machine) -> bool:
+    done = subprocess.run(["podman", "inspect", "--format", "{{.State.Running}}",
+                           container_name(world.engine_dir(machine))], capture_output=True, text=True)
+    return done.returncode == 0 and done.stdout.strip() == "true"
+
+
 def _hub_key(machine: Machine, interface: str) -> str:
     return machine.run("wg", "show", interface, "peers").stdout.split()[0]
 
@@ -171,11 +118,13 @@ def test_a_suspended_host_is_cut_off_at_once_and_back_on_reinstatement(world):
     overlay_1 = str(world.host("h1").overlay_address)
     wait_until(lambda: router.pings(overlay_1, 0.5), 120, "h1 answers on the overlay")
 
+    assert _container_runs(world, world.lan.hosts[0])
     world.admin_does("h1", "suspend")
     suspended = time.monotonic()
     wait_until(lambda: not router.pings(overlay_1, 0.2), 5, "h1 no longer answers", interval=0.05)
     cut_off = time.monotonic() - suspended
     assert cut_off < 1.0, f"the suspended host was reachable for {cut_off:.2f}s"
+    wait_until(lambda: not _container_runs(world, world.lan.hosts[0]), 60, "h1's agent stops its engine container")
 
     world.admin_does("h1", "reinstate")
     reinstated = time.monotonic()
@@ -236,6 +185,7 @@ def test_hostkit_commands_on_the_real_agent(world, tmp_path):
     usage = stream.finished_cleanly()
     assert usage["completion_tokens"] > 0
     assert "Drained; the engine is stopped." in down
+    assert not _container_runs(world, h1), "h1's engine container is gone with its engine"
     assert world.chat().status_code == 503, "both hosts are down"
     for machine in (h1, h2):
         assert "is up" in world.hostkit(machine, "up", "--wait", timeout=300).stdout

@@ -38,8 +38,8 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
 
 
 class World:
-    def __init__(self, app, lan: Lan, tmp: Path, model_dir: Path):
-        self.app, self.lan, self.tmp, self.model_dir = app, lan, tmp, model_dir
+    def __init__(self, app, lan: Lan, tmp: Path, model_dir: Path, engine_root: Path):
+        self.app, self.lan, self.tmp, self.model_dir, self.engine_root = app, lan, tmp, model_dir, engine_root
         self.url = f"http://{lan.router.address}:{ROUTER_PORT}"
         self.interfaces: dict[str, str] = {}
         self.agents: dict[str, object] = {}
@@ -76,17 +76,41 @@ class World:
             if change == "approve":
                 trust.set_state(host_id, "verified", "taken as verified by the overlay tests", old=("staged",))
 
-    def start_agent(self, machine: Machine) -> None:
-        data = self.tmp / machine.netns / "engine"
+    def engine_kind(self, machine: Machine) -> str:
+        """h1 runs its engine in a podman container, h2 as a plain process."""
+        return "podman" if machine is self.lan.hosts[0] else "process"
+
+    def engine_dir(self, machine: Machine) -> Path:
+        return self.tmp / machine.netns / "engine"
+
+    def start_agent(self, machine: Machine, *options: str) -> None:
+        data = self.engine_dir(machine)
         (data / "models").mkdir(parents=True, exist_ok=True)
-        if not (data / "models" / "tiny-chat").exists():
+        # The container's own preparing step builds the model (with no network); the process is given it.
+        if self.engine_kind(machine) == "process" and not (data / "models" / "tiny-chat").exists():
             (data / "models" / "tiny-chat").symlink_to(self.model_dir, target_is_directory=True)
         interface = self.interfaces.setdefault(machine.netns, self.lan.interface(f"h{len(self.interfaces)}"))
         self.agents[machine.netns] = machine.spawn(
             sys.executable, "-m", "hostkit", "agent", "--state-dir", str(self.tmp / machine.netns / "state"),
-            "--interface", interface, "--heartbeat", "1", "--engine", "process", "--data-dir", str(data),
-            "--authorized-keys", str(self.tmp / machine.netns / "authorized_keys"),
-            log=self.tmp / f"agent-{machine.netns}.log", cwd=str(ROOT))
+            "--interface", interface, "--heartbeat", "1", "--engine", self.engine_kind(machine),
+            "--data-dir", str(data), "--authorized-keys", str(self.tmp / machine.netns / "authorized_keys"),
+            *options, log=self.tmp / f"agent-{machine.netns}.log", cwd=str(ROOT), network_only=True)
+
+    def serve_both(self) -> None:
+        """h1 and h2 registered, approved and running their agents (test_overlay.py's first test does it step by
+        step; a module run alone gets it here)."""
+        for index, machine in enumerate(self.lan.hosts):
+            name = f"h{index + 1}"
+            with self.app.app_context():
+                known = db.session.scalar(select(Host.id).where(Host.name == name)) is not None
+            if not known:
+                self.hostkit(machine, "register", "--router", self.url, "--invite", self.enrollment_key(),
+                             "--name", name, "--engine-port", str(ENGINE_PORT))
+                self.hostkit(machine, "models", "--enable", MODEL)
+            if machine.netns not in self.agents or self.agents[machine.netns].poll() is not None:
+                self.start_agent(machine)
+            if self.host(name).status == "pending":
+                self.admin_does(name, "approve")
 
     def chat(self, max_tokens: int = 8, stream: bool = False, timeout: float = 60) -> httpx.Response:
         return httpx.post(f"{self.url}/v1/chat/completions", timeout=timeout,

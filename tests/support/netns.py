@@ -52,9 +52,15 @@ class Machine:
                         pytrace=False)
         return done
 
-    def spawn(self, *command: str, log: Path, env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
+    def spawn(self, *command: str, log: Path, env: dict | None = None, cwd: str | None = None,
+              network_only: bool = False) -> subprocess.Popen:
+        """``command`` in the background on this machine. ``network_only``: in its network namespace alone, with
+        the rest of this box as it is (``ip netns exec`` mounts a /sys of its own, without the cgroup filesystems
+        a container runtime needs)."""
         handle = open(log, "ab")
-        process = subprocess.Popen(["ip", "netns", "exec", self.netns, *command], stdout=handle,
+        enter = (["nsenter", f"--net=/var/run/netns/{self.netns}"] if network_only
+                 else ["ip", "netns", "exec", self.netns])
+        process = subprocess.Popen([*enter, *command], stdout=handle,
                                    stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
         handle.close()
         self.processes.append(process)

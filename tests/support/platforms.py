@@ -16,7 +16,7 @@ import psutil
 
 from app import ROOT
 from app.dev.instance import Instance
-from app.dev.janitor import RUN_MARKER
+from app.dev.janitor import RUN_MARKER, run_containers
 
 PAGES_TIMEOUT = 60  # the promise: pages within 60 s of a warm .venv
 BANNER_TIMEOUT = 420  # then the demo hosts' engines (the model is built on the first run) and verification
@@ -124,7 +124,7 @@ def leftovers(data_dir: Path, run_id: str, instance: Instance) -> list[str]:
     for link in instance.links():
         if subprocess.run(["ip", "link", "show", link], capture_output=True).returncode == 0:
             found.append(f"interface {link}")
-    return found
+    return found + [f"engine container {name}" for name in run_containers(data_dir)]
 
 
 def wait_for_nothing_left(platform: Platform, seconds: float) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,9 @@ PACKAGES = (
     "systemd-sysv",
     "wireguard-tools",
 )
+# And the podman role's, installed with apt in the root once debootstrap is done (debootstrap's own ordering
+# fails configuring podman's dependencies).
+APT_PACKAGES = ("podman",)
 HOSTKIT = ROOT / "hostkit"
 # hostkit builds with setuptools; pip's isolated build needs it among the offline wheels too.
 BUILD_REQUIREMENTS = ("setuptools>=68",)
@@ -58,6 +62,7 @@ def say(message: str) -> None:
 
 def cache_key() -> str:
     recipe = {"suite": SUITE, "variant": "minbase", "components": "main,universe", "packages": PACKAGES,
+              "apt_packages": APT_PACKAGES,
               "keyring": KEYRING_DEB_SHA256}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -131,6 +136,19 @@ def _build(dest: Path) -> None:
     try:
         root = work / "root"
         _debootstrap(root, work)
+        resolv = root / "etc/resolv.conf"  # the host's, while apt downloads; then the root's own again
+        link = os.readlink(resolv) if resolv.is_symlink() else None
+        kept = resolv.read_bytes() if link is None and resolv.exists() else None
+        resolv.unlink(missing_ok=True)
+        shutil.copy2("/etc/resolv.conf", resolv)
+        say(f"installing {', '.join(APT_PACKAGES)} with apt in the root")
+        _run(["chroot", str(root), "sh", "-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
+              f"apt-get install -y -qq --no-install-recommends {' '.join(APT_PACKAGES)}"], log=work / "apt.log")
+        resolv.unlink()
+        if link is not None:
+            resolv.symlink_to(link)
+        elif kept is not None:
+            resolv.write_bytes(kept)
         # Downloaded .debs are a third of the root and nothing needs them again.
         _run(["chroot", str(root), "apt-get", "clean"])
         (root / "etc/hostname").write_text("gpushare-host\n")

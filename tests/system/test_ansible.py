@@ -136,6 +136,8 @@ def test_it_provisions_an_ubuntu_host_over_the_overlay(provisioned):
     report = json.loads(check.stdout)
     assert check.returncode == (0 if report["ready"] else 1), check.stderr
     assert {c["name"] for c in report["checks"]} >= {"gpu"} and report["summary"]
+    container = next(c for c in report["checks"] if c["name"] == "container")
+    assert "podman" in container["data"]["installed"], "a host without a GPU gets podman for its engine"
 
     root = host.root
     unit = root / "etc/systemd/system/hostkit-agent.service"

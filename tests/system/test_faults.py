@@ -45,7 +45,10 @@ CHAT_AGENT = "demo-host --engine"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    platform = Platform(tmp / "data", free_port(), WEB_CONCURRENCY="2", HEALTH_CHECK_SECONDS="2",
+    # The demo host's engine as a process, which the tests kill (the container's own deaths:
+    # tests/overlay/test_overlay_container.py).
+    platform = Platform(tmp / "data", free_port(), GPUSHARE_DEMO_ENGINE="process", WEB_CONCURRENCY="2",
+                        HEALTH_CHECK_SECONDS="2",
                         HEALTH_FAILURES_TO_UNHEALTHY="1", ROUTING_REFRESH_SECONDS="1", STRIPE_STANDIN="0",
                         RATE_LIMIT_REQUESTS_PER_MINUTE="100000")
     world = None
