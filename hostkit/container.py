@@ -119,7 +119,8 @@ class ContainerEngine:
                    *vllm_args, *parser_args(parsers.get("tool_call_parser"), parsers.get("reasoning_parser")),
                    *(["--dtype", dtype] if dtype else [])]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            # In the engine's own folder: conmon may leave files (an "oom" mark) where it was started.
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.data_dir)
             if done.returncode != 0:
                 raise HostkitError(f"{self.runtime} run ({self.image.describe()}): {last_line(done.stderr)}")
             self._wait_ready()
@@ -174,7 +175,8 @@ class ContainerEngine:
                    *self.image.run_args(), *([self.image.python] if self.image.rootfs else []), *args]
         subprocess.run([self.runtime, "rm", "--force", f"{self.container}-prepare"], capture_output=True)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=self.ready_timeout)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.ready_timeout,
+                                  cwd=self.data_dir)
         except subprocess.TimeoutExpired:
             subprocess.run([self.runtime, "rm", "--force", f"{self.container}-prepare"], capture_output=True)
             raise HostkitError(f"preparing the model took over {self.ready_timeout:.0f}s") from None

@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def probe(runtime: str, image: Image) -> tuple[bool, str, dict]:
                *(["--entrypoint", image.python] if not image.rootfs else []), *image.run_args(),
                *([image.python] if image.rootfs else []), "-c", PROBE]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
     except (OSError, subprocess.TimeoutExpired) as error:
         return False, f"the probe container did not run: {error}", {}
     if done.returncode != 0:
