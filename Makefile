@@ -10,12 +10,12 @@ ENGINE_VENV ?= .venv-engine
 # What the router runs, and hostkit's own requirements: make run's demo host is a hostkit on this machine.
 RUN_REQUIREMENTS := requirements.txt hostkit/requirements.txt
 
-.PHONY: run test test-fast lint run-debs debs engine-venv clean
+.PHONY: run test test-fast lint run-debs debs engine-venv engine-image clean
 
 run: $(VENV)/.run-deps run-debs engine-venv
 	$(BIN)/python -m app.dev.serve
 
-test: lint $(VENV)/.test-deps debs engine-venv
+test: lint $(VENV)/.test-deps debs engine-venv engine-image
 	scripts/run-tests.sh $(BIN)/python $(PYTEST_ARGS)
 
 test-fast: lint
@@ -27,6 +27,11 @@ lint: $(VENV)/.test-deps
 
 engine-venv:
 	PYTHON=$(PYTHON) scripts/make-engine-venv.sh $(ENGINE_VENV)
+
+# The engine container's image for podman (hostkit.local.image), built once and cached; as root, with podman.
+engine-image: engine-venv
+	@if [ "$$(id -u)" = 0 ] && command -v podman >/dev/null; then \
+		$(BIN)/python -m hostkit.local.image --venv $(ENGINE_VENV) >/dev/null; fi
 
 $(VENV)/bin/python:
 	scripts/make-venv.sh $(PYTHON) $(VENV)
