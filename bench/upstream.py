@@ -1,6 +1,6 @@
 """A fast local OpenAI-compatible upstream for measuring the router's own overhead.
 
-    python bench/upstream.py PORT [--chunks 50] [--gap-ms 0]
+    python bench/upstream.py PORT [--chunks 50] [--gap-ms 0] [--unix PATH]
 
 Non-streamed requests get a fixed small body at once; streamed requests get
 ``--chunks`` content chunks, ``--gap-ms`` apart, then a usage chunk and [DONE].
@@ -57,13 +57,18 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--chunks", type=int, default=50)
     parser.add_argument("--gap-ms", type=float, default=0)
+    parser.add_argument("--unix", default=None, help="listen on this Unix socket instead (as a contained engine)")
     args = parser.parse_args()
-    # TCP_NODELAY on the listener is inherited by every accepted socket: without it, Nagle's algorithm and
-    # the client's delayed ACK add 40 ms to every response sent in more than one write.
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    listener.bind(("127.0.0.1", args.port))
+    if args.unix:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(args.unix)
+    else:
+        # TCP_NODELAY on the listener is inherited by every accepted socket: without it, Nagle's algorithm and
+        # the client's delayed ACK add 40 ms to every response sent in more than one write.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener.bind(("127.0.0.1", args.port))
     listener.listen(1024)
     WSGIServer(listener, make_app(args.chunks, args.gap_ms / 1000), log=None).serve_forever()
 
