@@ -24,6 +24,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_proxy import wait_http  # noqa: E402
+
 from hostkit.local.engine import free_port  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -36,19 +38,6 @@ def serve_relay(port: int, socket_path: str) -> None:
     print("relaying", flush=True)
     while True:
         time.sleep(3600)
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port} after {timeout}s")
 
 
 def load(url: str, concurrency: int, requests: int, stream: bool) -> dict:
@@ -87,8 +76,8 @@ def main() -> None:
         relay = subprocess.Popen([sys.executable, __file__, "--serve-relay", str(relay_port), socket_path])
         processes.append(relay)
         try:
-            wait_port(direct_port)
-            wait_port(relay_port)
+            for port in (direct_port, relay_port):
+                wait_http(f"http://127.0.0.1:{port}/v1/models")
             relay_cpu = psutil.Process(relay.pid)
             rows = []
             for stream in (False, True):

@@ -42,10 +42,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support import CPU_REPORT  # noqa: E402
+
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TOKEN_BUDGET = 1000
 VARIANTS = ("honest", "int8", "int4", "pruned", "replay", "truncate")
-CPU_REPORT = {"checks": [{"name": "gpu", "status": "warn", "detail": "no NVIDIA GPU", "data": {"gpus": []}}]}
 
 
 def cache() -> Path:

@@ -160,12 +160,13 @@ class Agent:
 
     # Heartbeats ----------------------------------------------------------------------------------------------
     def report(self) -> dict:
+        alive = self.engine.alive()  # asked once: for a container, each ask is a call to its runtime
         report = {"engine": self.state, "engine_kind": self.engine.kind,
-                  "models": [self.engine.model] if self.engine.alive() and self.engine.model else [],
+                  "models": [self.engine.model] if alive and self.engine.model else [],
                   "overlay": (self.overlay or {}).get("mode")}
         if self.error:
             report["error"] = self.error[-2000:]  # the end of an engine log says most
-        if self.engine.alive():
+        if alive:
             metrics = engine_metrics(self.engine.root_url)
             report |= {"queue_depth": int(metrics.get("waiting", 0)), "running": int(metrics.get("running", 0)),
                        "max_model_len": getattr(self.engine, "max_model_len", None)}

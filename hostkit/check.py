@@ -118,7 +118,7 @@ def check_container() -> Check:
     """The container runtime the engine would run in, and whether it runs an engine isolated (``hostkit.container``):
     Docker with the NVIDIA runtime on a GPU host, or podman; the isolation is tried for real where the engine's
     image is on this machine."""
-    from hostkit.isolation import runtime_reachable
+    from hostkit.isolation import docker_nvidia, nvidia_cdi, runtime_reachable
 
     found = [runtime for runtime in ("docker", "podman") if runtime_reachable(runtime)]
     installed = [runtime for runtime in ("docker", "podman") if shutil.which(runtime)]
@@ -130,12 +130,7 @@ def check_container() -> Check:
                                                                                   "installed": installed})
     runtime = found[0]
     data: dict = {"runtime": runtime, "installed": installed}
-    if runtime == "docker":
-        done = _run("docker", "info", "--format", "{{json .Runtimes}}")
-        data["nvidia"] = bool(done and "nvidia" in done.stdout)
-    else:
-        data["nvidia"] = any(Path(folder, name).exists() for folder in ("/etc/cdi", "/var/run/cdi")
-                             for name in ("nvidia.yaml", "nvidia.json"))
+    data["nvidia"] = docker_nvidia() if runtime == "docker" else nvidia_cdi()
     image = _local_image(runtime)
     if image is None:
         data["isolated"] = None

@@ -37,17 +37,7 @@ from pathlib import Path
 from hostkit.client import HostkitError
 from hostkit.container_entry import EXIT_NOTE
 from hostkit.engine_flags import parser_args
-from hostkit.isolation import (
-    RUN_ROOT,
-    Image,
-    Limits,
-    env_args,
-    isolation_args,
-    last_line,
-    limits_enforceable,
-    runtime_command,
-    scratch_env,
-)
+from hostkit.isolation import RUN_ROOT, UID, Image, Limits, last_line, limits_enforceable, run_command, scratch_env
 from hostkit.relay import Relay
 
 RUNTIMES = ("docker", "podman")
@@ -107,17 +97,16 @@ class ContainerEngine:
             self.stop()
             raise HostkitError(f"cannot publish the engine on {host}:{port}: {error.strerror}") from None
         self.model, self.dtype, self.host, self.port = model, dtype, host, port
-        command = [*runtime_command(self.runtime), "run", "--detach", "--name", self.container, "--network", "none",
-                   *isolation_args(self.runtime, self.limits, self.gpus),
-                   "--volume", f"{model_dir}:{MODEL_MOUNT}:ro", "--volume", f"{self.run_dir}:{RUN_MOUNT}:rw",
-                   "--volume", f"{ENTRY}:{ENTRY_MOUNT}:ro", *env_args(scratch_env() | self.local_env),
-                   *(["--entrypoint", self.image.python] if not self.image.rootfs else []),
-                   *self.image.run_args(), *([self.image.python] if self.image.rootfs else []),
-                   ENTRY_MOUNT, f"{RUN_MOUNT}/{LIFELINE}", "--",
-                   self.image.python, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL_MOUNT,
-                   "--served-model-name", model, "--uds", f"{RUN_MOUNT}/{SOCKET}",
-                   *vllm_args, *parser_args(parsers.get("tool_call_parser"), parsers.get("reasoning_parser")),
-                   *(["--dtype", dtype] if dtype else [])]
+        command = run_command(
+            self.runtime, self.image, self.limits, self.gpus,
+            ENTRY_MOUNT, f"{RUN_MOUNT}/{LIFELINE}", "--",
+            self.image.python, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL_MOUNT,
+            "--served-model-name", model, "--uds", f"{RUN_MOUNT}/{SOCKET}",
+            *vllm_args, *parser_args(parsers.get("tool_call_parser"), parsers.get("reasoning_parser")),
+            *(["--dtype", dtype] if dtype else []),
+            options=("--detach", "--name", self.container, "--volume", f"{model_dir}:{MODEL_MOUNT}:ro",
+                     "--volume", f"{self.run_dir}:{RUN_MOUNT}:rw", "--volume", f"{ENTRY}:{ENTRY_MOUNT}:ro"),
+            env=scratch_env() | self.local_env)
         try:
             # In the engine's own folder: conmon may leave files (an "oom" mark) where it was started.
             done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=self.data_dir)
@@ -133,8 +122,8 @@ class ContainerEngine:
         models = self.data_dir / "models"
         models.mkdir(parents=True, exist_ok=True)
         if self.local_sizing:
-            from hostkit.local.engine import CONTEXT_LENGTHS, KV_CACHE_SIZES, cpu_threads
-            from hostkit.local.models import RUNNERS, SERVED_NAMES, is_complete
+            from hostkit.local.engine import cpu_flags, local_sizing, local_variables
+            from hostkit.local.models import SERVED_NAMES, is_complete
 
             local = {served: name for name, served in SERVED_NAMES.items()}
             if model not in local:
@@ -143,36 +132,35 @@ class ContainerEngine:
             name = local[model]
             folder = models / name
             if not is_complete(folder, name):
-                self._prepare_run(["--network", "none"], models, {"PYTHONPATH": "/opt/hostkit"},
+                self._prepare_run(models, {"PYTHONPATH": "/opt/hostkit"},
                                   ["-m", "hostkit.local.models", name, f"/models/{name}"],
-                                  extra=["--volume", f"{Path(__file__).resolve().parent}:/opt/hostkit/hostkit:ro"])
+                                  ("--volume", f"{Path(__file__).resolve().parent}:/opt/hostkit/hostkit:ro"))
                 if not is_complete(folder, name):
                     raise HostkitError(f"building {model} left no complete folder at {folder}")
-            self.local_env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **cpu_threads(os.environ)}
-            kv_cache = KV_CACHE_SIZES[name] * (2 if dtype == "float32" else 1)
-            self.max_model_len = CONTEXT_LENGTHS[name]
-            args = ["--enforce-eager", "--distributed-executor-backend", "uni", "--kv-cache-memory-bytes",
-                    str(kv_cache), "--max-model-len", str(self.max_model_len), "--disable-uvicorn-access-log"]
-            return folder, args + (["--runner", RUNNERS[name]] if name in RUNNERS else [])
+            self.local_env = local_variables(os.environ)
+            sizing = local_sizing(name, dtype)
+            self.max_model_len = sizing["max_model_len"]
+            return folder, cpu_flags(sizing["kv_cache_bytes"], sizing["max_model_len"], sizing["runner"])
         folder = models / model.replace("/", "--")
         if not (folder / ".gpushare-complete").exists():
             code = ("import sys\nfrom huggingface_hub import snapshot_download\n"
                     "snapshot_download(sys.argv[1], local_dir=sys.argv[2])\n")
-            self._prepare_run([], models, {}, ["-c", code, model, f"/models/{folder.name}"], offline=False)
+            # The runtime's default network: the hub is the one thing this container is for.
+            self._prepare_run(models, {}, ["-c", code, model, f"/models/{folder.name}"],
+                              ("--network", "bridge"), offline=False)
             (folder / ".gpushare-complete").write_text(model)
         self.max_model_len, self.local_env = None, {}
         return folder, []
 
-    def _prepare_run(self, network: list[str], models: Path, env: dict, args: list[str], *, offline: bool = True,
-                     extra: list[str] = ()) -> None:
-        """One preparing container: no GPU, the models folder writable, everything else as confined as the
-        serving container's."""
-        shutil.chown(models, 65534, 65534)
-        command = [*runtime_command(self.runtime), "run", "--rm", "--name", f"{self.container}-prepare", *network,
-                   *isolation_args(self.runtime, self.limits, None), "--volume", f"{models}:/models:rw", *extra,
-                   *env_args(scratch_env(offline) | env),
-                   *(["--entrypoint", self.image.python] if not self.image.rootfs else []),
-                   *self.image.run_args(), *([self.image.python] if self.image.rootfs else []), *args]
+    def _prepare_run(self, models: Path, env: dict, args: list[str], options: tuple[str, ...] = (), *,
+                     offline: bool = True) -> None:
+        """One preparing container: no GPU, the models folder writable, no network unless ``options`` gives one,
+        everything else as confined as the serving container's."""
+        shutil.chown(models, UID, UID)
+        command = run_command(self.runtime, self.image, self.limits, None, *args,
+                              options=("--rm", "--name", f"{self.container}-prepare",
+                                       "--volume", f"{models}:/models:rw", *options),
+                              env=scratch_env(offline) | env)
         subprocess.run([self.runtime, "rm", "--force", f"{self.container}-prepare"], capture_output=True)
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=self.ready_timeout,
@@ -191,7 +179,7 @@ class ContainerEngine:
         self.run_dir.mkdir(parents=True)
         os.mkfifo(self.run_dir / LIFELINE, 0o600)
         for path in (self.run_dir, self.run_dir / LIFELINE):
-            shutil.chown(path, 65534, 65534)
+            shutil.chown(path, UID, UID)
         # Read-write: opening never blocks. Not inherited by the runtime's processes (Python's fds are
         # close-on-exec), so only this process's death closes it.
         self._lifeline = os.open(self.run_dir / LIFELINE, os.O_RDWR)

@@ -5,7 +5,6 @@ address only, and start in float32 when the router asks (a reference engine)."""
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from hostkit.client import HostkitError
 from hostkit.container import ContainerEngine
-from hostkit.isolation import Image, Limits, runtime_reachable
+from hostkit.isolation import Image, Limits, docker_nvidia, nvidia_cdi, runtime_reachable
 
 VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"  # the vLLM of hostkit/requirements-engine.txt
 
@@ -105,7 +104,7 @@ def pick_engine(kind: str, data_dir: Path, venv: str | None, *, image: str | Non
         kind = _auto_kind(venv, image)
     if kind == "process":
         return ProcessEngine(data_dir, venv)
-    if kind == "podman" and image is None and not _nvidia_cdi():
+    if kind == "podman" and image is None and not nvidia_cdi():
         try:
             from hostkit.local.engine import EngineError
             from hostkit.local.image import PYTHON_IN_ROOT, engine_root
@@ -122,11 +121,10 @@ def pick_engine(kind: str, data_dir: Path, venv: str | None, *, image: str | Non
 
 
 def _auto_kind(venv: str | None, image: str | None) -> str:
-    if runtime_reachable("docker") and "nvidia" in subprocess.run(
-            ["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True).stdout:
+    if runtime_reachable("docker") and docker_nvidia():
         return "docker"
     if runtime_reachable("podman"):
-        if image is not None or _nvidia_cdi():
+        if image is not None or nvidia_cdi():
             return "podman"
         try:
             from hostkit.local.engine import EngineError, engine_python
@@ -138,9 +136,3 @@ def _auto_kind(venv: str | None, image: str | None) -> str:
         except EngineError:
             pass
     return "process"
-
-
-def _nvidia_cdi() -> bool:
-    """Whether the NVIDIA Container Toolkit has described this machine's GPUs for CDI (podman's way to them)."""
-    return any(Path(folder, "nvidia.yaml").exists() or Path(folder, "nvidia.json").exists()
-               for folder in ("/etc/cdi", "/var/run/cdi"))

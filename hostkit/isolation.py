@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hostkit.client import HostkitError
+from hostkit.engine_flags import engine_variables
 
-USER = "65534:65534"  # nobody: owns nothing on the host, and cannot become anyone else
+UID = 65534  # nobody: owns nothing on the host, and cannot become anyone else
+USER = f"{UID}:{UID}"
 SCRATCH = "/tmp"
 RUN_ROOT = Path("/dev/shm")  # the host's shared-memory tmpfs
 MAX_OPEN_FILES = 65536
@@ -44,10 +46,13 @@ class Image:
     rootfs: Path | None = None
     python: str = "python3"
 
-    def run_args(self) -> list[str]:
-        # A root folder under an overlay of its own: whatever a container could write never reaches the folder
-        # that other containers start from.
-        return ["--rootfs", f"{self.rootfs}:O"] if self.rootfs else [self.ref]
+    def command(self, *args: str) -> list[str]:
+        """The end of a ``run`` command line: this image running its Python with ``args``."""
+        if self.rootfs:
+            # A root folder under an overlay of its own: whatever a container could write never reaches the
+            # folder that other containers start from.
+            return ["--rootfs", f"{self.rootfs}:O", self.python, *args]
+        return ["--entrypoint", self.python, self.ref, *args]
 
     def describe(self) -> str:
         return f"the local engine root {self.rootfs}" if self.rootfs else self.ref
@@ -62,6 +67,31 @@ def runtime_reachable(runtime: str) -> bool:
                               timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def docker_nvidia() -> bool:
+    """Whether Docker's daemon has the NVIDIA container runtime."""
+    try:
+        done = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and "nvidia" in done.stdout
+
+
+def nvidia_cdi() -> bool:
+    """Whether the NVIDIA Container Toolkit has described this machine's GPUs for CDI (podman's way to them)."""
+    return any(Path(folder, name).exists() for folder in ("/etc/cdi", "/var/run/cdi")
+               for name in ("nvidia.yaml", "nvidia.json"))
+
+
+def run_command(runtime: str, image: Image, limits: Limits, gpus: str | None, *args: str,
+                options: tuple[str, ...] = (), env: dict[str, str] | None = None) -> list[str]:
+    """A ``run`` command line for a container of ours: confined (``isolation_args``), with no network unless
+    ``options`` gives one, ``env`` set, and ``image``'s Python run with ``args``."""
+    network = () if "--network" in options else ("--network", "none")
+    return [*runtime_command(runtime), "run", *network, *options, *isolation_args(runtime, limits, gpus),
+            *env_args(env or {}), *image.command(*args)]
 
 
 def runtime_command(runtime: str) -> list[str]:
@@ -156,17 +186,8 @@ def isolation_args(runtime: str, limits: Limits, gpus: str | None) -> list[str]:
 
 def scratch_env(offline: bool = True) -> dict[str, str]:
     """Every cache on the tmpfs, no telemetry, and (serving) no hub."""
-    env = {"HOME": SCRATCH, "TMPDIR": SCRATCH, "XDG_CACHE_HOME": f"{SCRATCH}/cache",
-           "XDG_CONFIG_HOME": f"{SCRATCH}/config", "HF_HOME": f"{SCRATCH}/huggingface",
-           "VLLM_CACHE_ROOT": f"{SCRATCH}/vllm", "VLLM_CONFIG_ROOT": f"{SCRATCH}/vllm-config",
-           "VLLM_RPC_BASE_PATH": SCRATCH, "TORCHINDUCTOR_CACHE_DIR": f"{SCRATCH}/torchinductor",
-           "TRITON_CACHE_DIR": f"{SCRATCH}/triton", "NUMBA_CACHE_DIR": f"{SCRATCH}/numba",
-           "OUTLINES_CACHE_DIR": f"{SCRATCH}/outlines", "VLLM_NO_USAGE_STATS": "1", "VLLM_DO_NOT_TRACK": "1",
-           "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    if offline:
-        env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return env
+    return {**engine_variables(f"{SCRATCH}/cache", f"{SCRATCH}/config", offline=offline),
+            "HOME": SCRATCH, "TMPDIR": SCRATCH, "VLLM_RPC_BASE_PATH": SCRATCH}
 
 
 def env_args(env: dict[str, str]) -> list[str]:
@@ -204,9 +225,7 @@ def probe(runtime: str, image: Image) -> tuple[bool, str, dict]:
     if (why := limits_enforceable(runtime)) is not None:
         return False, f"not isolated: {why}", {}
     small = Limits(memory=f"{PROBE_MEMORY // 2**20}m", pids=64, tmpfs="16m", shm="16m")
-    command = [*runtime_command(runtime), "run", "--rm", "--network", "none", *isolation_args(runtime, small, None),
-               *(["--entrypoint", image.python] if not image.rootfs else []), *image.run_args(),
-               *([image.python] if image.rootfs else []), "-c", PROBE]
+    command = run_command(runtime, image, small, None, "-c", PROBE, options=("--rm",))
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
     except (OSError, subprocess.TimeoutExpired) as error:

@@ -25,9 +25,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
-from hostkit.engine_flags import parser_args
+from hostkit.engine_flags import engine_variables, parser_args
 from hostkit.local.groups import die_with_parent, end_group, process_group_alive, record_group
 from hostkit.local.models import MODELS, RUNNERS, SERVED_NAMES, TOOL_CALL_PARSERS, is_complete
 
@@ -88,43 +89,41 @@ def engine_env(data_dir: str | os.PathLike, base: dict | None = None) -> dict:
     # The router's virtualenv must not leak into the engine's interpreter.
     for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
         env.pop(name, None)
-    env.update({
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "VLLM_DO_NOT_TRACK": "1",
-        "DO_NOT_TRACK": "1",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "HF_HOME": str(data / "cache" / "huggingface"),
-        "XDG_CACHE_HOME": str(data / "cache"),
-        "XDG_CONFIG_HOME": str(data / "config"),
-        "VLLM_CACHE_ROOT": str(data / "cache" / "vllm"),
-        "VLLM_CONFIG_ROOT": str(data / "config" / "vllm"),
-        "VLLM_ASSETS_CACHE": str(data / "cache" / "vllm" / "assets"),
-        "TORCHINDUCTOR_CACHE_DIR": str(data / "cache" / "torchinductor"),
-        "TRITON_CACHE_DIR": str(data / "cache" / "triton"),
-        "NUMBA_CACHE_DIR": str(data / "cache" / "numba"),
-        "OUTLINES_CACHE_DIR": str(data / "cache" / "outlines"),
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.update(cpu_threads(env))
+    env.update(engine_variables(str(data / "cache"), str(data / "config")))
+    env.update(local_variables(env))
     for name in ("cache", "config", "logs"):
         (data / name).mkdir(parents=True, exist_ok=True)
     return env
 
 
-def cpu_threads(env: dict) -> dict:
-    """The variables that give a CPU engine $GPUSHARE_ENGINE_CPU_THREADS threads, when ``env`` sets it.
+def local_variables(env: Mapping[str, str]) -> dict:
+    """What a CPU engine of ours runs with besides ``engine_variables``: its engine core in the server's process,
+    and $GPUSHARE_ENGINE_CPU_THREADS threads when ``env`` sets it.
 
     Several engines on one machine's CPU (the demo's, the tests'): vLLM would pin each to the same cores, where
     their spinning threads starve one another. Each gets this many threads, placed by the kernel."""
+    variables = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     threads = env.get(CPU_THREADS_VARIABLE, "")
     if threads.isdigit() and int(threads) > 0:
-        return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads}
-    return {}
+        variables |= {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": threads}
+    return variables
+
+
+def local_sizing(model: str, dtype: str | None = None) -> dict:
+    """How one of hostkit's local models is served: the context the catalog promises, a KV cache that holds it,
+    its tool-call parser and runner (``Engine``'s keyword arguments)."""
+    # A float32 engine (a reference) keeps its KV cache in float32 too: twice the bytes for the same context.
+    kv_cache = KV_CACHE_SIZES[model] * (2 if dtype == "float32" else 1)
+    return {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": kv_cache,
+            "tool_call_parser": TOOL_CALL_PARSERS[model], "runner": RUNNERS.get(model)}
+
+
+def cpu_flags(kv_cache_bytes: int, max_model_len: int | None, runner: str | None) -> list[str]:
+    """vLLM's flags for a CPU engine: eager, one process, a KV cache of this size, this context, this runner."""
+    return ["--enforce-eager", "--distributed-executor-backend", "uni", "--kv-cache-memory-bytes",
+            str(kv_cache_bytes), "--disable-uvicorn-access-log",
+            *(["--max-model-len", str(max_model_len)] if max_model_len else []),
+            *(["--runner", runner] if runner else [])]
 
 
 def ensure_model(model: str, models_dir: str | os.PathLike, *, python: str | os.PathLike | None = None,
@@ -212,16 +211,9 @@ class Engine:
             "--served-model-name", self.served_name,
             "--host", self.host,
             "--port", str(self.port),
-            "--enforce-eager",
-            "--distributed-executor-backend", "uni",
-            "--kv-cache-memory-bytes", str(self.kv_cache_bytes),
-            "--disable-uvicorn-access-log",
             "--shutdown-timeout", str(self.drain_seconds),
+            *cpu_flags(self.kv_cache_bytes, self.max_model_len, self.runner),
         ]
-        if self.max_model_len:
-            args += ["--max-model-len", str(self.max_model_len)]
-        if self.runner:
-            args += ["--runner", self.runner]
         if self.dtype:
             args += ["--dtype", self.dtype]
         return args + parser_args(self.tool_call_parser, self.reasoning_parser) + list(self.extra_args)
@@ -317,10 +309,7 @@ def serve(model: str, data_dir: str | os.PathLike, *, host: str = "127.0.0.1", p
     python = engine_python(venv)
     data = Path(data_dir).resolve()
     model_dir = ensure_model(model, data / "models", python=python, data_dir=data)
-    # A float32 engine (a reference) keeps its KV cache in float32 too: twice the bytes for the same context.
-    kv_cache = KV_CACHE_SIZES[model] * (2 if engine_args.get("dtype") == "float32" else 1)
-    sizing = {"max_model_len": CONTEXT_LENGTHS[model], "kv_cache_bytes": kv_cache,
-              "tool_call_parser": TOOL_CALL_PARSERS[model], "runner": RUNNERS.get(model)} | engine_args
+    sizing = local_sizing(model, engine_args.get("dtype")) | engine_args
     return Engine(python, model_dir, served_name or SERVED_NAMES[model], data_dir=data,
                   host=host, port=port, **sizing).start()
 

@@ -7,7 +7,6 @@ this module run in order and share that world.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,11 +15,10 @@ import httpx
 import pytest
 
 from app import ROOT
-from hostkit.container import container_name
 
 from ..support import factories
 from ..support.netns import Machine
-from .world import ENGINE_PORT, MODEL, ROUTER_PORT, Stream, World, wait_until
+from .world import ENGINE_PORT, MODEL, ROUTER_PORT, Stream, World, container_running, wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -103,12 +101,6 @@ def test_only_the_router_reaches_a_hosts_engine(world):
     assert h2.can_connect(router.address, ROUTER_PORT), "hosts reach the host API on the router's public address"
 
 
-def _container_runs(world: World, machine: Machine) -> bool:
-    done = subprocess.run(["podman", "inspect", "--format", "{{.State.Running}}",
-                           container_name(world.engine_dir(machine))], capture_output=True, text=True)
-    return done.returncode == 0 and done.stdout.strip() == "true"
-
-
 def _hub_key(machine: Machine, interface: str) -> str:
     return machine.run("wg", "show", interface, "peers").stdout.split()[0]
 
@@ -118,13 +110,14 @@ def test_a_suspended_host_is_cut_off_at_once_and_back_on_reinstatement(world):
     overlay_1 = str(world.host("h1").overlay_address)
     wait_until(lambda: router.pings(overlay_1, 0.5), 120, "h1 answers on the overlay")
 
-    assert _container_runs(world, world.lan.hosts[0])
+    assert container_running(world.container(world.lan.hosts[0]))
     world.admin_does("h1", "suspend")
     suspended = time.monotonic()
     wait_until(lambda: not router.pings(overlay_1, 0.2), 5, "h1 no longer answers", interval=0.05)
     cut_off = time.monotonic() - suspended
     assert cut_off < 1.0, f"the suspended host was reachable for {cut_off:.2f}s"
-    wait_until(lambda: not _container_runs(world, world.lan.hosts[0]), 60, "h1's agent stops its engine container")
+    wait_until(lambda: not container_running(world.container(world.lan.hosts[0])), 60,
+               "h1's agent stops its engine container")
 
     world.admin_does("h1", "reinstate")
     reinstated = time.monotonic()
@@ -185,7 +178,7 @@ def test_hostkit_commands_on_the_real_agent(world, tmp_path):
     usage = stream.finished_cleanly()
     assert usage["completion_tokens"] > 0
     assert "Drained; the engine is stopped." in down
-    assert not _container_runs(world, h1), "h1's engine container is gone with its engine"
+    assert not container_running(world.container(h1)), "h1's engine container is gone with its engine"
     assert world.chat().status_code == 503, "both hosts are down"
     for machine in (h1, h2):
         assert "is up" in world.hostkit(machine, "up", "--wait", timeout=300).stdout

@@ -17,11 +17,10 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from hostkit.container import container_name
 from hostkit.local.image import PYTHON_IN_ROOT
 
 from ..support.netns import Machine, sh, stop_process
-from .world import ENGINE_PORT, ROUTER_PORT, World, wait_until
+from .world import ENGINE_PORT, ROUTER_PORT, World, container_running, wait_until
 
 pytestmark = [pytest.mark.vllm, pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -72,11 +71,6 @@ def podman(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Co
     return done
 
 
-def running(name: str) -> bool:
-    done = podman("inspect", "--format", "{{.State.Running}}", name, check=False)
-    return done.returncode == 0 and done.stdout.strip() == "true"
-
-
 def inside(name: str, code: str, *args: str) -> subprocess.CompletedProcess:
     """Python run in the engine container as its engine runs (the same user, capabilities and filters)."""
     return podman("exec", name, PYTHON_IN_ROOT, "-c", code, *args, check=False)
@@ -87,8 +81,8 @@ def engine(world: World) -> str:
     """h1 registered, approved and serving from its container; the container's name."""
     world.serve_both()
     h1 = world.lan.hosts[0]
-    name = container_name(world.engine_dir(h1))
-    wait_until(lambda: running(name) and world.host("h1").healthy, 300, "h1's engine container serves")
+    name = world.container(h1)
+    wait_until(lambda: container_running(name) and world.host("h1").healthy, 300, "h1's engine container serves")
     return name
 
 
@@ -237,7 +231,7 @@ def test_an_engine_over_its_memory_limit_is_killed_and_restarted_with_backoff(wo
     h1 = world.lan.hosts[0]
     log = world.tmp / f"agent-{h1.netns}.log"
     stop_process(world.agents[h1.netns])
-    wait_until(lambda: not running(engine), 60, "the old agent's container stops")
+    wait_until(lambda: not container_running(engine), 60, "the old agent's container stops")
     written = log.stat().st_size
     world.start_agent(h1, "--engine-memory", "200m")  # vLLM needs more than that to load even tiny-chat
 
@@ -255,17 +249,18 @@ def test_an_engine_over_its_memory_limit_is_killed_and_restarted_with_backoff(wo
 
     stop_process(world.agents[h1.netns])
     world.start_agent(h1)
-    wait_until(lambda: running(engine) and world.host("h1").healthy, 300, "h1 serves again with its usual limits")
+    wait_until(lambda: container_running(engine) and world.host("h1").healthy, 300,
+               "h1 serves again with its usual limits")
 
 
 def test_the_agents_death_takes_the_engine_container_with_it(world, engine):
     h1 = world.lan.hosts[0]
     agent = world.agents[h1.netns]
-    assert running(engine)
+    assert container_running(engine)
     agent.send_signal(signal.SIGKILL)  # nsenter execs the agent: this is the agent itself
     agent.wait(30)
     started = time.monotonic()
-    wait_until(lambda: not running(engine), 60, "the engine container stops without its agent")
+    wait_until(lambda: not container_running(engine), 60, "the engine container stops without its agent")
     print(f"\nthe container stopped {time.monotonic() - started:.1f}s after its agent was killed")
     world.start_agent(h1)  # the next agent removes what is left and starts afresh
-    wait_until(lambda: running(engine) and world.host("h1").healthy, 300, "h1 serves again")
+    wait_until(lambda: container_running(engine) and world.host("h1").healthy, 300, "h1 serves again")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ from sqlalchemy import select
 from app import ROOT, hosts, trust
 from app.extensions import db
 from app.models import Host, UsageRecord, User
+from hostkit.container import container_name
 
 from ..support import factories
 from ..support.netns import Lan, Machine
@@ -35,6 +37,12 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting until {what}", pytrace=False)
+
+
+def container_running(name: str) -> bool:
+    done = subprocess.run(["podman", "inspect", "--format", "{{.State.Running}}", name], capture_output=True,
+                          text=True)
+    return done.returncode == 0 and done.stdout.strip() == "true"
 
 
 class World:
@@ -82,6 +90,10 @@ class World:
 
     def engine_dir(self, machine: Machine) -> Path:
         return self.tmp / machine.netns / "engine"
+
+    def container(self, machine: Machine) -> str:
+        """The name of ``machine``'s engine container (podman's)."""
+        return container_name(self.engine_dir(machine))
 
     def start_agent(self, machine: Machine, *options: str) -> None:
         data = self.engine_dir(machine)

@@ -14,6 +14,8 @@ from pathlib import Path
 from app import ROOT
 
 DATA = Path(__file__).resolve().parent / "data"
+# The hardware report of a machine without a GPU (the CPU engines of the tests and benchmarks), as hosts send it.
+CPU_REPORT = {"checks": [{"name": "gpu", "status": "warn", "detail": "no NVIDIA GPU", "data": {"gpus": []}}]}
 
 
 def hostkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

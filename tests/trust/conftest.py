@@ -21,11 +21,11 @@ from app.models import Calibration
 from app.trust import calibration
 from hostkit.local.engine import Engine, EngineError, engine_python, ensure_model
 
+from ..support import CPU_REPORT
 from ..support.engines import start_all
 from ..support.factories import make_host, make_user
 
 VARIANTS = Path(__file__).resolve().parent.parent / "support" / "model_variants.py"
-CPU_REPORT = {"checks": [{"name": "gpu", "status": "warn", "detail": "no NVIDIA GPU", "data": {"gpus": []}}]}
 H100_REPORT = {"checks": [{"name": "gpu", "status": "ok", "detail": "1 GPU: NVIDIA H100 80GB HBM3 (80 GiB)",
                            "data": {"gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3",
                                               "memory_total_mib": 81559}], "vram_total_mib": 81559}}]}
