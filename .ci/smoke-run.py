@@ -106,7 +106,7 @@ def main() -> None:
             time.sleep(2)
         print(f"make run smoke: {models} served after {time.monotonic() - started:.0f}s", flush=True)
         answer = call(f"{base}/chat/completions", demo["OPENAI_API_KEY"], {
-            "model": models["chat"], "max_tokens": 8,
+            "model": models["chat"], "max_tokens": 8, "temperature": 0,  # greedy: never an empty answer
             "messages": [{"role": "user", "content": "What is the capital of France?"}]})
         text = answer["choices"][0]["message"]["content"]
         if not text or answer["usage"]["completion_tokens"] < 1:

@@ -39,8 +39,9 @@ def chat(env: dict, max_tokens: int = 8) -> str:
     client = openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], max_retries=0)
     try:
         question = [{"role": "user", "content": "What is the capital of France?"}]
+        # Greedy: tiny-chat's eos is as likely as a character, so a sampled answer may end before its first one.
         stream = client.chat.completions.create(model="gpushare/tiny-chat", max_tokens=max_tokens, stream=True,
-                                                messages=question)
+                                                messages=question, temperature=0)
         return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     finally:
         client.close()

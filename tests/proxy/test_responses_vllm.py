@@ -27,7 +27,7 @@ def sdk(engine_sdk):
 
 def test_it_answers_text_as_a_response(sdk):
     answer = sdk.responses.create(model=MODEL, input="What is the weather in Paris?", instructions="Be brief.",
-                                  max_output_tokens=6, metadata={"run": "1"}, store=False)
+                                  max_output_tokens=6, metadata={"run": "1"}, store=False, temperature=0)
     assert errors("Response", answer.model_dump(exclude_unset=True)) == []
     assert answer.id.startswith("resp_") and answer.object == "response" and answer.metadata == {"run": "1"}
     assert answer.status in ("completed", "incomplete") and answer.output[0].type == "message"
@@ -45,7 +45,7 @@ def test_it_calls_a_function_then_answers_with_its_output(sdk):
     assert call.name == "get_weather" and json.loads(call.arguments)["city"] in ("Paris", "Rome") and call.call_id
     turn = asked + [call.model_dump(exclude_none=True),
                     {"type": "function_call_output", "call_id": call.call_id, "output": "21 C and sunny"}]
-    final = sdk.responses.create(model=MODEL, input=turn, tools=[WEATHER], max_output_tokens=5)
+    final = sdk.responses.create(model=MODEL, input=turn, tools=[WEATHER], max_output_tokens=5, temperature=0)
     assert final.output_text and final.usage.input_tokens > first.usage.input_tokens
     counts_agree()
 

@@ -48,7 +48,7 @@ out.streamed_tools = await chunks(await client.chat.completions.create({
 
 const first = out.named.choices[0].message;
 const call = first.tool_calls[0];
-out.final = await client.chat.completions.create({ model, tools: [weather], max_tokens: 5, messages: [
+out.final = await client.chat.completions.create({ model, tools: [weather], max_tokens: 5, temperature: 0, messages: [
   ...ask, first, { role: "tool", tool_call_id: call.id, content: "21 C and sunny" }] });
 
 out.structured = await client.chat.completions.create({ model, messages: ask, max_tokens: 200, seed: 4,
@@ -56,7 +56,8 @@ out.structured = await client.chat.completions.create({ model, messages: ask, ma
     type: "object", properties: { answer: { type: "string", enum: ["yes", "no"] } }, required: ["answer"],
     additionalProperties: false } } } });
 
-out.response = await client.responses.create({ model, input: "What is the weather in Paris?", max_output_tokens: 5 });
+out.response = await client.responses.create({ model, input: "What is the weather in Paris?", max_output_tokens: 5,
+  temperature: 0 });
 out.response_text = out.response.output_text;
 out.response_tool = await client.responses.create({ model, input: "Weather?", max_output_tokens: 300,
   tools: [{ type: "function", ...weather.function }], tool_choice: { type: "function", name: "get_weather" } });
