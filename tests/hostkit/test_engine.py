@@ -281,6 +281,18 @@ def test_engines_sharing_a_machine_get_their_threads_placed_by_the_kernel(engine
     assert len(os.sched_getaffinity(engine.pid)) == len(os.sched_getaffinity(0))
 
 
+def test_engines_on_one_machine_learn_a_model_class_once(engine, tmp_path):
+    """vLLM inspects a model's class in a subprocess that imports it all again (seconds of CPU per start) unless
+    its cache knows the class: every local engine shares that cache, whatever its data directory."""
+    environ = dict(line.split("=", 1) for line in
+                   Path(f"/proc/{engine.pid}/environ").read_text().split("\0") if "=" in line)
+    shared = Path(environ["VLLM_CACHE_ROOT"])
+    assert shared == Path(engine_env(tmp_path / "another")["VLLM_CACHE_ROOT"])
+    assert engine.data_dir.resolve() not in shared.parents
+    assert [path.name for path in (shared / "modelinfos").glob("*LlamaForCausalLM.json")]
+    assert environ["HF_HOME"].startswith(str(engine.data_dir.resolve()))  # the other caches stay the engine's
+
+
 def test_it_stops_leaving_no_process(engine):
     pid = engine.pid
     assert engine.alive()
