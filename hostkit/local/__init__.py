@@ -6,6 +6,7 @@
   (``record_group``, ``stop_leftover``).
 - ``models``: ``python -m hostkit.local.models``: the tiny test model (tiny-chat) built from nothing, and
   SmolLM2-135M-Instruct from a wheel; no download at run time.
+- ``store``: each local model built once per machine user; every data directory's copy is hard links to it.
 - ``image``: ``python -m hostkit.local.image``: the engine image for podman without a registry, a Debian root
   made with debootstrap holding the engine virtualenv's vLLM.
 

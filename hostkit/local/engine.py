@@ -31,6 +31,7 @@ from pathlib import Path
 from hostkit.engine_flags import engine_variables, parser_args
 from hostkit.local.groups import die_with_parent, end_group, process_group_alive, record_group
 from hostkit.local.models import MODELS, RUNNERS, SERVED_NAMES, TOOL_CALL_PARSERS, is_complete
+from hostkit.local.store import link_tree, stored
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-engine"
@@ -139,25 +140,28 @@ def cpu_flags(kv_cache_bytes: int, max_model_len: int | None, runner: str | None
 
 def ensure_model(model: str, models_dir: str | os.PathLike, *, python: str | os.PathLike | None = None,
                  data_dir: str | os.PathLike | None = None, timeout: float = 900) -> Path:
-    """The folder ``models_dir/model``, built first by ``python -m hostkit.local.models`` in the engine venv."""
+    """The folder ``models_dir/model``, linked to the machine's build (``hostkit.local.store``), which
+    ``python -m hostkit.local.models`` in the engine venv makes the first time."""
     if model not in MODELS:
         raise EngineError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
     target = Path(models_dir).resolve() / model
     if is_complete(target, model):
         return target
-    python = python or engine_python()
-    env = engine_env(data_dir or target.parent)
-    try:
-        done = subprocess.run(
-            [str(python), "-m", "hostkit.local.models", model, str(target)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise EngineError(f"building {model} took over {timeout:.0f}s") from exc
-    if done.returncode != 0 or not is_complete(target, model):
-        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-        raise EngineError(f"building {model} into {target} failed (exit {done.returncode}):\n{tail}")
-    return target
+
+    def build(folder: Path) -> None:
+        try:
+            done = subprocess.run(
+                [str(python or engine_python()), "-m", "hostkit.local.models", model, str(folder)],
+                cwd=REPO_ROOT, env=engine_env(data_dir or target.parent), stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise EngineError(f"building {model} took over {timeout:.0f}s") from exc
+        if done.returncode != 0 or not is_complete(folder, model):
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+            raise EngineError(f"building {model} into {folder} failed (exit {done.returncode}):\n{tail}")
+
+    return link_tree(stored(model, build), target)
 
 
 class Engine:

@@ -21,9 +21,10 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from hostkit.local.engine import CPU_THREADS_VARIABLE, REPO_ROOT, engine_env
+from hostkit.local.engine import CPU_THREADS_VARIABLE, REPO_ROOT, engine_env, ensure_model
 from hostkit.local.groups import process_group_alive, record_group, stop_leftover
-from hostkit.local.models import TINY_SPECIAL_MARGIN
+from hostkit.local.models import TINY_SPECIAL_MARGIN, is_complete
+from hostkit.local.store import model_store
 
 from ..support.engines import start_tiny_chat
 
@@ -291,6 +292,24 @@ def test_engines_on_one_machine_learn_a_model_class_once(engine, tmp_path):
     assert engine.data_dir.resolve() not in shared.parents
     assert [path.name for path in (shared / "modelinfos").glob("*LlamaForCausalLM.json")]
     assert environ["HF_HOME"].startswith(str(engine.data_dir.resolve()))  # the other caches stay the engine's
+
+
+def test_a_model_is_built_once_per_machine_and_linked_into_each_data_directory(engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = ensure_model("tiny-chat", tmp_path / "a" / "models", python=engine.python, data_dir=tmp_path / "a")
+    stored = model_store() / "tiny-chat"
+    stored_at = (stored / "model.safetensors").stat().st_mtime_ns
+    second = ensure_model("tiny-chat", tmp_path / "b" / "models", python=engine.python, data_dir=tmp_path / "b")
+
+    assert first != second and stored.parent == tmp_path / "cache" / "gpushare" / "models"
+    assert {path.name for path in first.iterdir()} == {path.name for path in stored.iterdir()}
+    # The same files, not a second build: hard links to the machine's one.
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (first / name).stat().st_ino == (second / name).stat().st_ino == (stored / name).stat().st_ino
+    assert (stored / "model.safetensors").stat().st_mtime_ns == stored_at
+    # A data directory's unfinished folder (a build killed half way) is replaced by a complete one.
+    (second / ".gpushare-complete").unlink()
+    assert is_complete(ensure_model("tiny-chat", second.parent, python=engine.python), "tiny-chat")
 
 
 def test_it_stops_leaving_no_process(engine):
