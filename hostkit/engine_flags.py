@@ -26,11 +26,12 @@ def parser_settings(settings) -> dict:
             for name in ("tool_call_parser", "reasoning_parser")}
 
 
-def engine_variables(cache: str, config: str, *, offline: bool = True) -> dict[str, str]:
-    """The environment of an engine: every cache under ``cache`` and configuration under ``config``, no usage
-    statistics or telemetry, and (``offline``) no hub: the model is already on disk when vLLM starts."""
+def engine_variables(cache: str, config: str, *, offline: bool = True, vllm_cache: str | None = None) -> dict[str, str]:
+    """The environment of an engine: every cache under ``cache`` (vLLM's own under ``vllm_cache`` where given) and
+    configuration under ``config``, no usage statistics or telemetry, and (``offline``) no hub: the model is
+    already on disk when vLLM starts."""
     env = {"XDG_CACHE_HOME": cache, "XDG_CONFIG_HOME": config, "HF_HOME": f"{cache}/huggingface",
-           "VLLM_CACHE_ROOT": f"{cache}/vllm", "VLLM_CONFIG_ROOT": f"{config}/vllm",
+           "VLLM_CACHE_ROOT": vllm_cache or f"{cache}/vllm", "VLLM_CONFIG_ROOT": f"{config}/vllm",
            "VLLM_ASSETS_CACHE": f"{cache}/vllm/assets", "TORCHINDUCTOR_CACHE_DIR": f"{cache}/torchinductor",
            "TRITON_CACHE_DIR": f"{cache}/triton", "NUMBA_CACHE_DIR": f"{cache}/numba",
            "OUTLINES_CACHE_DIR": f"{cache}/outlines", "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -31,7 +31,7 @@ from pathlib import Path
 from hostkit.engine_flags import engine_variables, parser_args
 from hostkit.local.groups import die_with_parent, end_group, process_group_alive, record_group
 from hostkit.local.models import MODELS, RUNNERS, SERVED_NAMES, TOOL_CALL_PARSERS, is_complete
-from hostkit.local.store import link_tree, stored
+from hostkit.local.store import link_tree, stored, user_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-engine"
@@ -91,10 +91,9 @@ def engine_env(data_dir: str | os.PathLike, base: dict | None = None) -> dict:
     # The router's virtualenv must not leak into the engine's interpreter.
     for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
         env.pop(name, None)
-    shared = shared_vllm_cache(env)
-    env.update(engine_variables(str(data / "cache"), str(data / "config")))
+    env.update(engine_variables(str(data / "cache"), str(data / "config"),
+                                vllm_cache=str(shared_vllm_cache(env))))
     env.update(local_variables(env))
-    env["VLLM_CACHE_ROOT"] = str(shared)
     for name in ("cache", "config", "logs"):
         (data / name).mkdir(parents=True, exist_ok=True)
     return env
@@ -105,7 +104,7 @@ def shared_vllm_cache(env: Mapping[str, str]) -> Path:
     about a model class, in a subprocess that imports it all again (7 s of CPU per start here), it learns once per
     vLLM install instead of once per engine. Its entries are keyed by the model code's hash and written atomically,
     so engines side by side share them safely."""
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpushare" / "vllm"
+    return user_cache(env) / "vllm"
 
 
 def local_variables(env: Mapping[str, str]) -> dict:

@@ -8,14 +8,19 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from hostkit.local.models import is_complete
 
 
+def user_cache(env: Mapping[str, str] = os.environ) -> Path:
+    """What the local engines of this machine user share: ``$XDG_CACHE_HOME/gpushare``."""
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpushare"
+
+
 def model_store() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpushare" / "models"
+    return user_cache() / "models"
 
 
 def stored(model: str, build: Callable[[Path], None]) -> Path:
